@@ -1,0 +1,166 @@
+//! The admin listener: health, readiness, metrics, cache and usage views, purge and reload.
+//!
+//! Served only on `server.admin_listen`, never on the caller port. When
+//! `server.admin_token_sha256` is set, every route but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer <token>` (compared by hash, in constant time). Answers never contain
+//! bodies, keys or key hashes.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::auth::{self, Credential, KeyHash};
+use crate::state::Gateway;
+
+/// The admin router.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/admin/cache/purge", post(purge))
+        .route("/admin/reload", post(reload))
+        .route("/admin/clients", get(clients))
+        .route("/admin/cache", get(cache))
+        .route_layer(middleware::from_fn_with_state(gw.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such admin route") })
+        .with_state(gw)
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({"error": {"status": status.as_u16(), "code": code, "message": message}});
+    (status, Json(body)).into_response()
+}
+
+async fn require_token(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+    let expected: Option<KeyHash> = gw.runtime.load().config.server.admin_token;
+    if let Some(expected) = expected {
+        let ok = match auth::credential(req.headers()) {
+            Credential::Key(k) => KeyHash::of(k).ct_eq(&expected),
+            _ => false,
+        };
+        if !ok {
+            let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", "admin token required");
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
+    next.run(req).await
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "not ready")
+    }
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    gw.cache.sync().await;
+    gw.metrics.cache_entries.set(gw.cache.entry_count() as i64);
+    gw.metrics.cache_bytes.set(gw.cache.weighted_size() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gw.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct PurgeQuery {
+    account: Option<String>,
+}
+
+async fn purge(State(gw): State<Arc<Gateway>>, Query(q): Query<PurgeQuery>) -> Response {
+    let rt = gw.runtime.load();
+    if let Some(a) = &q.account {
+        if !rt.config.accounts.iter().any(|acc| *acc.name == **a) {
+            return error(StatusCode::NOT_FOUND, "not_found", "no such account");
+        }
+    }
+    gw.cache.sync().await;
+    let before = gw.cache.entry_count();
+    gw.cache.purge(q.account.as_deref());
+    gw.cache.sync().await;
+    let purged = before.saturating_sub(gw.cache.entry_count());
+    tracing::info!(account = q.account.as_deref().unwrap_or("*"), purged, "cache purged");
+    Json(json!({"purged": purged, "account": q.account})).into_response()
+}
+
+async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
+    match gw.reload().await {
+        Ok(()) => Json(json!({"status": "reloaded"})).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, "invalid_config", &e.to_string()),
+    }
+}
+
+async fn clients(State(gw): State<Arc<Gateway>>) -> Response {
+    let rt = gw.runtime.load();
+    let list: Vec<_> = rt
+        .config
+        .clients
+        .iter()
+        .zip(&rt.clients)
+        .map(|(c, r)| {
+            let last = r.usage.last_seen.load(Ordering::Relaxed);
+            json!({
+                "name": &*c.name,
+                "account": &*rt.config.accounts[c.account].name,
+                "profile": c.profile.map(|p| rt.config.profiles[p].name.clone()),
+                "rate": c.rate.map(|r| r.to_string()),
+                "burst": c.rate.map(|_| c.burst),
+                "requests": r.usage.requests.load(Ordering::Relaxed),
+                "hits": r.usage.hits.load(Ordering::Relaxed),
+                "rate_limited": r.usage.rate_limited.load(Ordering::Relaxed),
+                "last_seen_unix": (last > 0).then_some(last),
+            })
+        })
+        .collect();
+    Json(json!({ "clients": list })).into_response()
+}
+
+async fn cache(State(gw): State<Arc<Gateway>>) -> Response {
+    gw.cache.sync().await;
+    let now = Instant::now();
+    let mut by_account: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
+        Default::default();
+    for (key, entry) in gw.cache.snapshot() {
+        by_account
+            .entry(key.account.to_string())
+            .or_default()
+            .push(json!({
+                "route": &*key.route,
+                "query": key.query.as_deref(),
+                "age_s": entry.age(now).as_secs(),
+                "ttl_s": entry.ttl.as_secs(),
+                "fresh": entry.age(now) < entry.ttl,
+                "bytes": entry.raw.body.len(),
+            }));
+    }
+    let accounts: Vec<_> = by_account
+        .into_iter()
+        .map(|(account, entries)| json!({"account": account, "count": entries.len(), "entries": entries}))
+        .collect();
+    Json(json!({
+        "entries": gw.cache.entry_count(),
+        "weighted_bytes": gw.cache.weighted_size(),
+        "accounts": accounts,
+    }))
+    .into_response()
+}

@@ -1,0 +1,193 @@
+//! Single-flight fills: one upstream fetch per cache key at a time, shared by every waiter.
+//!
+//! A fill runs in its own task, so a caller that gives up (timeout, disconnect) never cancels
+//! the fetch others wait for. Before calling upstream the task looks at the store once more: a
+//! fill that finished between a caller's miss and its joining is reused, never repeated. The
+//! account's breaker and pauses and the global upstream budget are consulted here; on failure
+//! the previous good copy is left in place (a failed refresh never evicts).
+
+use std::sync::Arc;
+use futures_util::FutureExt;
+use tokio::time::Instant;
+
+use super::{CacheKey, CacheStatus, CacheStore, Entry, FillResult, Flight, Freshness};
+use crate::config::Route;
+use crate::metrics::{AccountLabel, UpstreamLabels};
+use crate::state::{Gateway, Runtime};
+use crate::upstream::UpstreamFailure;
+
+/// What to fetch: the key plus what the fill needs from the request's config generation.
+pub struct FillSpec {
+    pub key: CacheKey,
+    pub account: usize,
+    pub route: Arc<Route>,
+}
+
+/// Cache-or-fetch for one request. Returns the entry to serve and how it was obtained, or the
+/// upstream failure when there is nothing usable to serve.
+pub async fn get_or_fetch(
+    gw: &Arc<Gateway>,
+    rt: &Arc<Runtime>,
+    spec: FillSpec,
+    deadline: Instant,
+) -> Result<(Arc<Entry>, CacheStatus), UpstreamFailure> {
+    let cache = &rt.config.cache;
+    let cached = gw.cache.get(&spec.key).await;
+    let now = Instant::now();
+    let stale = match cached {
+        Some(e) => match e.freshness(now, cache.stale_while_revalidate, cache.stale_if_error) {
+            Freshness::Fresh => return Ok((e, CacheStatus::Hit)),
+            Freshness::Revalidate => {
+                // Serve at once; one background refresh (joins any fill already running).
+                let _ = flight(gw, rt, &spec, now + rt.config.server.request_timeout);
+                gw.metrics
+                    .stale_served
+                    .get_or_create(&crate::metrics::ReasonLabel { reason: "revalidate" })
+                    .inc();
+                return Ok((e, CacheStatus::Stale));
+            }
+            Freshness::IfError => Some(e),
+            Freshness::Expired => None,
+        },
+        None => None,
+    };
+    let (fl, joined) = flight(gw, rt, &spec, deadline);
+    if joined {
+        gw.metrics.coalesced.inc();
+    }
+    let result = tokio::time::timeout_at(deadline, fl)
+        .await
+        .unwrap_or(Err(UpstreamFailure::Timeout));
+    match (result, stale) {
+        (Ok(e), _) => Ok((e, CacheStatus::Miss)),
+        (Err(_), Some(e)) => {
+            gw.metrics
+                .stale_served
+                .get_or_create(&crate::metrics::ReasonLabel { reason: "error" })
+                .inc();
+            Ok((e, CacheStatus::Stale))
+        }
+        (Err(f), None) => Err(f),
+    }
+}
+
+/// Joins the fill for `spec.key`, starting one if none runs. Returns the shared future and
+/// whether an existing fill was joined.
+fn flight(gw: &Arc<Gateway>, rt: &Arc<Runtime>, spec: &FillSpec, deadline: Instant) -> (Flight, bool) {
+    let mut inflight = gw.cache.inflight();
+    if let Some(f) = inflight.get(&spec.key) {
+        return (f.clone(), true);
+    }
+    let task = tokio::spawn(run_fill(
+        gw.clone(),
+        rt.clone(),
+        spec.key.clone(),
+        spec.account,
+        spec.route.clone(),
+        deadline,
+    ));
+    let fut: Flight = async move { task.await.unwrap_or(Err(UpstreamFailure::Body)) }
+        .boxed()
+        .shared();
+    inflight.insert(spec.key.clone(), fut.clone());
+    (fut, false)
+}
+
+async fn run_fill(
+    gw: Arc<Gateway>,
+    rt: Arc<Runtime>,
+    key: CacheKey,
+    account: usize,
+    route: Arc<Route>,
+    deadline: Instant,
+) -> FillResult {
+    let result = fetch_into_cache(&gw, &rt, &key, account, &route, deadline).await;
+    gw.cache.inflight().remove(&key);
+    result
+}
+
+async fn fetch_into_cache(
+    gw: &Gateway,
+    rt: &Runtime,
+    key: &CacheKey,
+    account: usize,
+    route: &Route,
+    deadline: Instant,
+) -> FillResult {
+    if let Some(e) = reuse_fresh(&gw.cache, key).await {
+        return Ok(e);
+    }
+    let state = &rt.accounts[account];
+    let labels = |outcome| UpstreamLabels {
+        account: state.account.name.clone(),
+        route: route.path.clone(),
+        outcome,
+    };
+    if let Err(f) = state.gate() {
+        gw.metrics.upstream_requests.get_or_create(&labels(f.outcome())).inc();
+        return Err(f);
+    }
+    let admit = || match &rt.budget {
+        Some(b) => b.admit(),
+        None => Ok(()),
+    };
+    let started = Instant::now();
+    let fetched = rt
+        .upstream
+        .fetch(&state.account, &route.path, key.query.as_deref(), deadline, &admit)
+        .await
+        .and_then(|f| {
+            // Only well-formed JSON is cached: profiles need it, and callers expect it.
+            serde_json::from_slice::<serde::de::IgnoredAny>(&f.body)
+                .map(|_| f)
+                .map_err(|_| UpstreamFailure::InvalidBody)
+        });
+    let elapsed = started.elapsed();
+    let outcome = match &fetched {
+        Ok(_) => "ok",
+        Err(f) => f.outcome(),
+    };
+    gw.metrics.upstream_requests.get_or_create(&labels(outcome)).inc();
+    if !matches!(fetched, Err(ref f) if f.is_local()) {
+        gw.metrics
+            .upstream_duration
+            .get_or_create(&AccountLabel {
+                account: state.account.name.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+    match fetched {
+        Ok(f) => {
+            state.on_success(&gw.metrics);
+            let entry = Arc::new(Entry::new(
+                f.body,
+                Instant::now(),
+                route.ttl,
+                rt.generation,
+                rt.config.profiles.len(),
+            ));
+            gw.cache.insert(key.clone(), entry.clone()).await;
+            Ok(entry)
+        }
+        Err(f) => {
+            if matches!(f, UpstreamFailure::BudgetExhausted { .. }) {
+                gw.metrics.upstream_budget_exhausted.inc();
+            }
+            state.on_failure(&f, &gw.metrics);
+            tracing::warn!(
+                account = %state.account.name,
+                route = %route.path,
+                failure = %f,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "upstream fetch failed"
+            );
+            Err(f)
+        }
+    }
+}
+
+/// A fresh entry stored by a fill that finished just before this one started.
+async fn reuse_fresh(cache: &CacheStore, key: &CacheKey) -> Option<Arc<Entry>> {
+    let e = cache.get(key).await?;
+    (e.age(Instant::now()) < e.ttl).then_some(e)
+}

@@ -1,0 +1,191 @@
+//! The `gcore-gateway` binary: parses the CLI, loads config, starts tracing, calls the library.
+//! All behaviour lives in the library; errors become one line on stderr and an exit code.
+
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use gcore_gateway::auth::{generate_key, KeyHash};
+use gcore_gateway::config::Config;
+use gcore_gateway::state::{ConfigSource, Gateway};
+use gcore_gateway::{demo, server};
+
+#[derive(Parser)]
+#[command(name = "gcore-gateway", version, about = "Caching, key-hiding, rate-limiting gateway for the Gcore API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (TOML).
+    #[arg(long, global = true, env = "GCORE_GATEWAY_CONFIG", default_value = "config/gateway.toml")]
+    config: PathBuf,
+    /// Log format; default: pretty on a terminal, json otherwise. Filter with RUST_LOG.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Validate the config and print a summary (exit 2 if invalid).
+    Check,
+    /// Print sha256:<hex> of KEY (or of one line read from stdin) for clients.keys.
+    HashKey { key: Option<String> },
+    /// Print a new random caller key and its sha256: hash.
+    GenKey,
+    /// Run a fake Gcore upstream and the gateway in front of it, on loopback.
+    Demo {
+        /// Caller port; the admin port is PORT+1.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Exit code for an invalid config (`check` and `serve`).
+const EXIT_INVALID: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config, cli.log_format),
+        Command::Check => return check(&cli.config),
+        Command::HashKey { key } => hash_key(key),
+        Command::GenKey => {
+            let key = generate_key();
+            println!("key:  {key}\nhash: {}", KeyHash::of(key.as_bytes()));
+            Ok(())
+        }
+        Command::Demo { port } => demo_cmd(port, cli.log_format),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = if e.downcast_ref::<gcore_gateway::config::ConfigError>().is_some() {
+                EXIT_INVALID
+            } else {
+                1
+            };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            println!("{}: OK", path.display());
+            print!("{}", config.summary());
+            let example: serde_json::Value =
+                serde_json::from_str(demo::CLIENTS_ME).unwrap_or(serde_json::Value::Null);
+            for p in &config.profiles {
+                for (list, path) in p.unmatched(&example) {
+                    println!(
+                        "warning: profiles.{}.{list}: {path:?} matches nothing in the example Gcore profile (typo?)",
+                        p.name
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+fn hash_key(key: Option<String>) -> anyhow::Result<()> {
+    let key = match key {
+        Some(k) => k,
+        None => {
+            let mut line = String::new();
+            std::io::stdin()
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the key from stdin")?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    anyhow::ensure!(!key.is_empty(), "the key is empty");
+    if key.len() < 16 {
+        eprintln!(
+            "warning: this key is shorter than 16 bytes and easy to guess; `gcore-gateway gen-key` makes a strong one"
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", KeyHash::of(key.as_bytes()))?;
+    Ok(())
+}
+
+fn init_tracing(format: Option<LogFormat>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Pretty) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(path: PathBuf, log: Option<LogFormat>) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    init_tracing(log);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let (listen, admin_listen) = (config.server.listen, config.server.admin_listen);
+        let listener = server::bind(listen).with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+        let admin = server::bind(admin_listen)
+            .with_context(|| format!("cannot listen on {admin_listen} (server.admin_listen)"))?;
+        tracing::info!(config = %path.display(), "config loaded");
+        let gw = Gateway::new(config, ConfigSource::File(path))?;
+        server::spawn_reload_on_sighup(gw.clone());
+        server::run(gw, listener, admin, server::shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn demo_cmd(port: u16, log: Option<LogFormat>) -> anyhow::Result<()> {
+    init_tracing(log.or(Some(LogFormat::Pretty)));
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let upstream = demo::start_fake_upstream().await.context("cannot start the fake upstream")?;
+        let admin_port = port.checked_add(1).context("--port must be below 65535")?;
+        let listener = server::bind(([127, 0, 0, 1], port).into())
+            .with_context(|| format!("cannot listen on 127.0.0.1:{port} (use --port)"))?;
+        let admin = server::bind(([127, 0, 0, 1], admin_port).into())
+            .with_context(|| format!("cannot listen on 127.0.0.1:{admin_port} (use --port)"))?;
+        let gw = demo::gateway(demo::config_text(port, upstream))?;
+        println!("{}", demo::banner(port, upstream));
+        server::spawn_reload_on_sighup(gw.clone());
+        server::run(gw, listener, admin, server::shutdown_signal()).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,219 @@
+//! Prometheus metrics (prometheus-client, no global recorder).
+//!
+//! Every label value comes from the config (client, account, route names) or from a fixed set
+//! of words (cache status, outcome), never from request input, so cardinality is bounded by
+//! the config. Encoding happens only on scrape (`/metrics` on the admin listener). Nothing
+//! here holds or prints a secret.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub client: Arc<str>,
+    pub route: Arc<str>,
+    pub status: u16,
+    pub cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub account: Arc<str>,
+    pub route: Arc<str>,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabel {
+    pub account: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabel {
+    pub client: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+/// Buckets from 50 µs to ~26 s (×2 each): sub-millisecond hits and multi-second upstream calls
+/// both land in informative buckets.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 20)
+}
+
+/// All metrics of the process.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    pub upstream_duration: Family<AccountLabel, Histogram>,
+    pub request_duration: Histogram,
+    pub cache_entries: Gauge,
+    pub cache_bytes: Gauge,
+    pub rate_limited: Family<ClientLabel, Counter>,
+    pub coalesced: Counter,
+    pub stale_served: Family<ReasonLabel, Counter>,
+    pub auth_failures: Counter,
+    pub auth_throttled: Counter,
+    pub breaker_open: Family<AccountLabel, Gauge>,
+    pub config_reloads: Family<ResultLabel, Counter>,
+    pub upstream_budget_exhausted: Counter,
+    pub connections: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "gateway_requests",
+            "Caller requests answered, by client, route, status and cache status",
+            requests.clone(),
+        );
+        let upstream_requests = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "gateway_upstream_requests",
+            "Upstream fetches, by account, route and outcome",
+            upstream_requests.clone(),
+        );
+        let upstream_duration =
+            Family::<AccountLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register(
+            "gateway_upstream_request_duration_seconds",
+            "Duration of upstream fetches including retries",
+            upstream_duration.clone(),
+        );
+        let request_duration = Histogram::new(latency_buckets());
+        registry.register(
+            "gateway_request_duration_seconds",
+            "Time to answer a caller request",
+            request_duration.clone(),
+        );
+        let cache_entries = Gauge::default();
+        registry.register("gateway_cache_entries", "Entries in the cache", cache_entries.clone());
+        let cache_bytes = Gauge::default();
+        registry.register(
+            "gateway_cache_weighted_bytes",
+            "Weighted size of the cache (bodies and renders) in bytes",
+            cache_bytes.clone(),
+        );
+        let rate_limited = Family::<ClientLabel, Counter>::default();
+        registry.register(
+            "gateway_rate_limited",
+            "Requests refused with 429 because the client was over its rate",
+            rate_limited.clone(),
+        );
+        let coalesced = Counter::default();
+        registry.register(
+            "gateway_coalesced_requests",
+            "Requests that waited for an upstream fetch started by another request",
+            coalesced.clone(),
+        );
+        let stale_served = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "gateway_stale_served",
+            "Answers served from a stale copy, by reason (revalidate, error)",
+            stale_served.clone(),
+        );
+        let auth_failures = Counter::default();
+        registry.register(
+            "gateway_auth_failures",
+            "Requests with a missing or unknown key",
+            auth_failures.clone(),
+        );
+        let auth_throttled = Counter::default();
+        registry.register(
+            "gateway_auth_throttled",
+            "Requests refused because their source IP failed authentication too often",
+            auth_throttled.clone(),
+        );
+        let breaker_open = Family::<AccountLabel, Gauge>::default();
+        registry.register(
+            "gateway_circuit_open",
+            "1 while the account's circuit breaker is open",
+            breaker_open.clone(),
+        );
+        let config_reloads = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "gateway_config_reloads",
+            "Config reloads, by result (ok, failed)",
+            config_reloads.clone(),
+        );
+        let upstream_budget_exhausted = Counter::default();
+        registry.register(
+            "gateway_upstream_budget_exhausted",
+            "Upstream calls not made because upstream.rate was exhausted",
+            upstream_budget_exhausted.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "gateway_open_connections",
+            "Open caller connections",
+            connections.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("gateway_build_info", "Build information", build);
+        Self {
+            registry,
+            requests,
+            upstream_requests,
+            upstream_duration,
+            request_duration,
+            cache_entries,
+            cache_bytes,
+            rate_limited,
+            coalesced,
+            stale_served,
+            auth_failures,
+            auth_throttled,
+            breaker_open,
+            config_reloads,
+            upstream_budget_exhausted,
+            connections,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

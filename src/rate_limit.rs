@@ -1,0 +1,253 @@
+//! Stage 2, rate limiting: per-client GCRA, the failed-authentication throttle per source IP,
+//! and the global upstream call budget. All three are governor limiters on a clock driven by
+//! `tokio::time`, so tests can pause and advance time.
+//!
+//! This module decides and reports (`RateLimit-*` values, `Retry-After`); it does not build
+//! responses (see `error` and `proxy`) and it does not know about Redis (a shared limiter for
+//! several replicas is a separate backend).
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::Clock;
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+use crate::config::units::Rate;
+
+/// governor's clock on top of `tokio::time::Instant` (paused time in tests moves it).
+#[derive(Clone, Debug)]
+pub struct TokioClock {
+    start: tokio::time::Instant,
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = Nanos;
+    fn now(&self) -> Nanos {
+        Nanos::from(self.start.elapsed())
+    }
+}
+
+/// The quota for `rate` with `burst` cells of capacity.
+pub fn quota(rate: Rate, burst: u32) -> Quota {
+    let burst = NonZeroU32::new(burst).unwrap_or(rate.count);
+    Quota::with_period(rate.interval().max(Duration::from_nanos(1)))
+        .unwrap_or_else(|| Quota::per_second(rate.count))
+        .allow_burst(burst)
+}
+
+type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+
+/// The values of the `RateLimit-*` headers for one decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    /// `RateLimit-Limit`: the burst capacity.
+    pub limit: u32,
+    /// `RateLimit-Remaining`: cells left after this request.
+    pub remaining: u32,
+    /// `RateLimit-Reset`: whole seconds until the capacity is full again.
+    pub reset_secs: u64,
+}
+
+/// A client's limiter. Kept across config reloads while its rate and burst do not change.
+pub struct ClientLimiter {
+    limiter: Direct,
+    clock: TokioClock,
+    pub rate: Rate,
+    pub burst: u32,
+}
+
+impl std::fmt::Debug for ClientLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientLimiter")
+            .field("rate", &self.rate)
+            .field("burst", &self.burst)
+            .finish()
+    }
+}
+
+impl ClientLimiter {
+    pub fn new(rate: Rate, burst: u32, clock: TokioClock) -> Self {
+        let limiter = RateLimiter::direct_with_clock(quota(rate, burst), clock.clone())
+            .with_middleware::<StateInformationMiddleware>();
+        Self {
+            limiter,
+            clock,
+            rate,
+            burst,
+        }
+    }
+
+    /// Takes one cell. `Ok(info)` when allowed, `Err((info, retry_after))` when not.
+    pub fn check(&self) -> Result<RateLimitInfo, (RateLimitInfo, Duration)> {
+        let interval = self.rate.interval();
+        match self.limiter.check() {
+            Ok(snapshot) => {
+                let remaining = snapshot.remaining_burst_capacity();
+                let missing = self.burst.saturating_sub(remaining);
+                Ok(RateLimitInfo {
+                    limit: self.burst,
+                    remaining,
+                    reset_secs: ceil_secs(interval * missing),
+                })
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                let info = RateLimitInfo {
+                    limit: self.burst,
+                    remaining: 0,
+                    reset_secs: ceil_secs(wait + interval * self.burst.saturating_sub(1)),
+                };
+                Err((info, wait))
+            }
+        }
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// Failed authentications per source IP. An IP over its budget is refused (429) before its key
+/// is even looked at, until the budget recovers.
+pub struct AuthThrottle {
+    failures: RateLimiter<
+        IpAddr,
+        governor::state::keyed::DefaultKeyedStateStore<IpAddr>,
+        TokioClock,
+        NoOpMiddleware<Nanos>,
+    >,
+    /// IPs currently refused, with the instant they may try again. Bounded: a moka cache.
+    blocked: moka::sync::Cache<IpAddr, tokio::time::Instant>,
+    pub rate: Rate,
+}
+
+/// How many blocked IPs are remembered at most; beyond that the least recently used are
+/// forgotten (they are then counted afresh), so an address flood cannot grow memory.
+const MAX_BLOCKED_IPS: u64 = 100_000;
+
+impl AuthThrottle {
+    pub fn new(rate: Rate, clock: TokioClock) -> Self {
+        Self {
+            failures: RateLimiter::new(
+                quota(rate, rate.count.get()),
+                Default::default(),
+                clock,
+            ),
+            blocked: moka::sync::Cache::builder()
+                .max_capacity(MAX_BLOCKED_IPS)
+                .time_to_live(rate.per)
+                .build(),
+            rate,
+        }
+    }
+
+    /// `Err(retry_after)` when `ip` is currently blocked.
+    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        match self.blocked.get(&ip) {
+            Some(until) => {
+                let now = tokio::time::Instant::now();
+                if until > now {
+                    Err(until - now)
+                } else {
+                    self.blocked.invalidate(&ip);
+                    Ok(())
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Records one failed authentication from `ip`; returns `Err(retry_after)` if that
+    /// exhausted the budget (the IP is blocked from now on).
+    pub fn record_failure(&self, ip: IpAddr) -> Result<(), Duration> {
+        match self.failures.check_key(&ip) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.failures.clock().now());
+                self.blocked.insert(ip, tokio::time::Instant::now() + wait);
+                Err(wait)
+            }
+        }
+    }
+
+    /// Forgets IPs whose failure budget is full again (bounds memory under address floods).
+    pub fn prune(&self) {
+        self.failures.retain_recent();
+        self.failures.shrink_to_fit();
+        self.blocked.run_pending_tasks();
+    }
+
+    /// How many IPs have failure state.
+    pub fn tracked(&self) -> usize {
+        self.failures.len()
+    }
+}
+
+/// The global budget of upstream calls (`upstream.rate`).
+pub struct UpstreamBudget {
+    limiter: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>,
+    clock: TokioClock,
+    pub rate: Rate,
+}
+
+impl UpstreamBudget {
+    pub fn new(rate: Rate, clock: TokioClock) -> Self {
+        Self {
+            limiter: RateLimiter::direct_with_clock(quota(rate, rate.count.get()), clock.clone()),
+            clock,
+            rate,
+        }
+    }
+
+    /// Takes one call from the budget, or says how long until one is available.
+    pub fn admit(&self) -> Result<(), Duration> {
+        self.limiter
+            .check()
+            .map_err(|nu| nu.wait_time_from(self.clock.now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::units::rate;
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_then_refuse_then_recover() {
+        let l = ClientLimiter::new(rate("2/s").unwrap(), 3, TokioClock::default());
+        let remaining: Vec<u32> = (0..3).map(|_| l.check().unwrap().remaining).collect();
+        assert_eq!(remaining, vec![2, 1, 0]);
+        let (info, wait) = l.check().unwrap_err();
+        assert_eq!(info.remaining, 0);
+        assert_eq!(wait, Duration::from_millis(500));
+        tokio::time::advance(wait).await;
+        assert!(l.check().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_throttle_blocks_then_recovers() {
+        let t = AuthThrottle::new(rate("3/m").unwrap(), TokioClock::default());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(t.record_failure(ip).is_ok());
+        }
+        let wait = t.record_failure(ip).unwrap_err();
+        assert!(t.check(ip).is_err());
+        assert!(t.check(other).is_ok());
+        tokio::time::advance(wait + Duration::from_millis(1)).await;
+        assert!(t.check(ip).is_ok());
+    }
+}

@@ -1,0 +1,332 @@
+//! Stage 6, redaction: remove, mask or allow-list JSON fields per caller profile.
+//!
+//! A [`Profile`] is compiled once when the config loads (RFC 9535 JSONPath through
+//! `serde_json_path`). It runs once per (cache entry, profile) when the cache renders a body,
+//! never on a hit. It fails closed: a body that is not JSON yields an error, never the
+//! unredacted bytes. Which profile a caller gets, and the per-entry render store, live in
+//! `cache`; this module only transforms documents.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use serde_json::Value;
+use serde_json_path::JsonPath;
+
+use crate::config::raw::RawProfile;
+
+/// A compiled redaction profile.
+#[derive(Debug)]
+pub struct Profile {
+    pub name: String,
+    pub mode: Mode,
+}
+
+/// What a profile does.
+#[derive(Debug)]
+pub enum Mode {
+    /// Delete `remove` matches and replace `mask` matches (strings → `"***"`, others → null).
+    Deny {
+        remove: Vec<(String, JsonPath)>,
+        mask: Vec<(String, JsonPath)>,
+    },
+    /// Keep only `allow` matches (and the containers leading to them).
+    Allow(Vec<(String, JsonPath)>),
+}
+
+/// A profile that does not compile; `key` is the config key (`profiles.NAME.remove[2]`).
+#[derive(Debug)]
+pub struct ProfileError {
+    pub key: String,
+    pub message: String,
+}
+
+/// A body that could not be redacted (not JSON). The redacted body is never produced.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body is not valid JSON; refusing to pass it unredacted")]
+pub struct RedactError;
+
+/// The replacement for masked strings.
+pub const MASK: &str = "***";
+
+/// How many times removal is re-applied when filter expressions make new matches appear
+/// after a removal; a fixpoint is normally reached on the second pass.
+const MAX_REMOVE_PASSES: usize = 8;
+
+impl Profile {
+    /// Compiles a raw profile; errors name the profile, the list, the index and the parser's
+    /// message.
+    pub fn compile(name: &str, raw: &RawProfile) -> Result<Profile, ProfileError> {
+        let compile_list = |list: &str, paths: &[String]| {
+            paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    JsonPath::parse(p).map(|jp| (p.clone(), jp)).map_err(|e| ProfileError {
+                        key: format!("profiles.{name}.{list}[{i}]"),
+                        message: format!("invalid JSONPath {p:?}: {e}"),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mode = match &raw.allow {
+            Some(allow) => {
+                if !raw.remove.is_empty() || !raw.mask.is_empty() {
+                    return Err(ProfileError {
+                        key: format!("profiles.{name}.allow"),
+                        message: "allow is exclusive with remove/mask".into(),
+                    });
+                }
+                Mode::Allow(compile_list("allow", allow)?)
+            }
+            None => Mode::Deny {
+                remove: compile_list("remove", &raw.remove)?,
+                mask: compile_list("mask", &raw.mask)?,
+            },
+        };
+        Ok(Profile {
+            name: name.to_string(),
+            mode,
+        })
+    }
+
+    /// Redacts a JSON body and serialises the result. Fails closed on non-JSON input.
+    pub fn render(&self, body: &[u8]) -> Result<Bytes, RedactError> {
+        let mut doc: Value = serde_json::from_slice(body).map_err(|_| RedactError)?;
+        self.apply(&mut doc);
+        serde_json::to_vec(&doc)
+            .map(Bytes::from)
+            .map_err(|_| RedactError)
+    }
+
+    /// Redacts a parsed document in place.
+    pub fn apply(&self, doc: &mut Value) {
+        match &self.mode {
+            Mode::Deny { remove, mask } => {
+                for (_, path) in mask {
+                    for loc in locations(path, doc) {
+                        if let Some(v) = pointer_mut(doc, &loc) {
+                            *v = match v {
+                                Value::String(_) => Value::String(MASK.into()),
+                                _ => Value::Null,
+                            };
+                        }
+                    }
+                }
+                for _ in 0..MAX_REMOVE_PASSES {
+                    let mut locs: Vec<Vec<Elem>> =
+                        remove.iter().flat_map(|(_, p)| locations(p, doc)).collect();
+                    if locs.is_empty() {
+                        break;
+                    }
+                    // Deepest and highest index first, so earlier removals never shift the
+                    // position of a later one.
+                    locs.sort_unstable();
+                    locs.dedup();
+                    for loc in locs.iter().rev() {
+                        remove_at(doc, loc);
+                    }
+                }
+            }
+            Mode::Allow(allow) => {
+                let mut keep = Trie::default();
+                for (_, path) in allow {
+                    for loc in locations(path, doc) {
+                        keep.insert(&loc);
+                    }
+                }
+                let empty = match doc {
+                    Value::Array(_) => Value::Array(Vec::new()),
+                    _ => Value::Object(serde_json::Map::new()),
+                };
+                *doc = keep.prune(doc).unwrap_or(empty);
+            }
+        }
+    }
+
+    /// The paths of this profile that match nothing in `doc` (a likely typo), as
+    /// `(list, path)` pairs.
+    pub fn unmatched(&self, doc: &Value) -> Vec<(&'static str, &str)> {
+        let lists: Vec<(&'static str, &Vec<(String, JsonPath)>)> = match &self.mode {
+            Mode::Deny { remove, mask } => vec![("remove", remove), ("mask", mask)],
+            Mode::Allow(allow) => vec![("allow", allow)],
+        };
+        lists
+            .into_iter()
+            .flat_map(|(list, paths)| {
+                paths
+                    .iter()
+                    .filter(|(_, p)| p.query(doc).is_empty())
+                    .map(move |(s, _)| (list, s.as_str()))
+            })
+            .collect()
+    }
+}
+
+/// One step of a normalised path, owned so the document can be mutated afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Elem {
+    Index(usize),
+    Name(String),
+}
+
+fn locations(path: &JsonPath, doc: &Value) -> Vec<Vec<Elem>> {
+    use serde_json_path::PathElement;
+    path.query_located(doc)
+        .locations()
+        .map(|loc| {
+            loc.iter()
+                .map(|e| match e {
+                    PathElement::Name(n) => Elem::Name((*n).to_string()),
+                    PathElement::Index(i) => Elem::Index(*i),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn pointer_mut<'a>(doc: &'a mut Value, loc: &[Elem]) -> Option<&'a mut Value> {
+    loc.iter().try_fold(doc, |v, e| match (v, e) {
+        (Value::Object(m), Elem::Name(n)) => m.get_mut(n),
+        (Value::Array(a), Elem::Index(i)) => a.get_mut(*i),
+        _ => None,
+    })
+}
+
+fn remove_at(doc: &mut Value, loc: &[Elem]) {
+    let Some((last, parent)) = loc.split_last() else {
+        // `$` itself: nothing of the document may remain.
+        *doc = Value::Null;
+        return;
+    };
+    match (pointer_mut(doc, parent), last) {
+        (Some(Value::Object(m)), Elem::Name(n)) => {
+            m.remove(n);
+        }
+        (Some(Value::Array(a)), Elem::Index(i)) if *i < a.len() => {
+            a.remove(*i);
+        }
+        _ => {}
+    }
+}
+
+/// The set of kept locations, as a tree walked together with the document.
+#[derive(Default)]
+struct Trie {
+    keep: bool,
+    children: HashMap<Elem, Trie>,
+}
+
+impl Trie {
+    fn insert(&mut self, loc: &[Elem]) {
+        let node = loc
+            .iter()
+            .fold(self, |n, e| n.children.entry(e.clone()).or_default());
+        node.keep = true;
+    }
+
+    /// The kept parts of `v`, or `None` if nothing below `v` is kept.
+    fn prune(&self, v: &Value) -> Option<Value> {
+        if self.keep {
+            return Some(v.clone());
+        }
+        match v {
+            Value::Object(m) => {
+                let kept: serde_json::Map<String, Value> = m
+                    .iter()
+                    .filter_map(|(k, child)| {
+                        let t = self.children.get(&Elem::Name(k.clone()))?;
+                        Some((k.clone(), t.prune(child)?))
+                    })
+                    .collect();
+                (!kept.is_empty()).then_some(Value::Object(kept))
+            }
+            Value::Array(a) => {
+                let kept: Vec<Value> = a
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, child)| self.children.get(&Elem::Index(i))?.prune(child))
+                    .collect();
+                (!kept.is_empty()).then_some(Value::Array(kept))
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn profile(remove: &[&str], mask: &[&str], allow: Option<&[&str]>) -> Profile {
+        let s = |l: &[&str]| l.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        Profile::compile(
+            "t",
+            &RawProfile {
+                remove: s(remove),
+                mask: s(mask),
+                allow: allow.map(s),
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn remove_every_array_index() {
+        let p = profile(&["$.users[*].email", "$.users[1]"], &[], None);
+        let mut d = json!({"users": [{"email": "a", "id": 1}, {"email": "b", "id": 2}, {"email": "c", "id": 3}]});
+        p.apply(&mut d);
+        assert_eq!(d, json!({"users": [{"id": 1}, {"id": 3}]}));
+    }
+
+    #[test]
+    fn mask_strings_and_others() {
+        let p = profile(&[], &["$.users[*].name"], None);
+        let mut d = json!({"users": [{"name": "Maria"}, {"name": null}, {"name": 3}]});
+        p.apply(&mut d);
+        assert_eq!(d, json!({"users": [{"name": "***"}, {"name": null}, {"name": null}]}));
+    }
+
+    #[test]
+    fn descendant_and_allow() {
+        let p = profile(&["$..email"], &[], None);
+        let mut d = json!({"email": "x", "a": {"b": [{"email": "y", "k": 1}]}});
+        p.apply(&mut d);
+        assert_eq!(d, json!({"a": {"b": [{"k": 1}]}}));
+
+        let p = profile(&[], &[], Some(&["$.id", "$.f.*[*].name"]));
+        let mut d = json!({"id": 1, "secret": 2, "f": {"CDN": [{"name": "n", "x": 1}], "DNS": []}});
+        p.apply(&mut d);
+        assert_eq!(d, json!({"id": 1, "f": {"CDN": [{"name": "n"}]}}));
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let err = Profile::compile(
+            "p",
+            &RawProfile {
+                remove: vec!["$.ok".into(), "$[".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "profiles.p.remove[1]");
+        assert!(err.message.contains("$["));
+        assert!(Profile::compile(
+            "p",
+            &RawProfile {
+                remove: vec!["$.a".into()],
+                allow: Some(vec!["$.b".into()]),
+                ..Default::default()
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn render_fails_closed() {
+        let p = profile(&["$.email"], &[], None);
+        assert!(p.render(b"<html>email</html>").is_err());
+        assert_eq!(&p.render(br#"{"email":"x","id":1}"#).unwrap()[..], br#"{"id":1}"#);
+    }
+}

@@ -1,0 +1,345 @@
+//! The gateway's shared state: the current [`Runtime`] (config plus per-generation helpers)
+//! behind an `ArcSwap`, and what outlives reloads (cache, metrics, limiter state).
+//!
+//! A reload builds a new `Runtime` from the new config, carrying over each client limiter whose
+//! rate is unchanged, each account state whose upstream key is unchanged, and usage counters
+//! by client name, then swaps it in atomically. In-flight requests keep the `Arc<Runtime>`
+//! they started with. Request handling is in `proxy`; serving sockets is in `server`.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use tokio::time::Instant;
+
+use crate::cache::CacheStore;
+use crate::config::{Account, Config};
+use crate::metrics::{AccountLabel, Metrics};
+use crate::rate_limit::{AuthThrottle, ClientLimiter, TokioClock, UpstreamBudget};
+use crate::upstream::{Upstream, UpstreamFailure};
+
+/// Consecutive upstream failures of one account that open its circuit.
+pub const BREAKER_THRESHOLD: u32 = 5;
+/// How long an open circuit stays open before one probe is let through.
+pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(15);
+/// How long an upstream 401/403 (our key is bad) is remembered, so a broken key is not hammered.
+pub const NEGATIVE_CACHE: Duration = Duration::from_secs(5);
+
+/// Where the config is re-read from on reload.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(std::path::PathBuf),
+    /// Embedded text with its own secrets (the demo, tests); reload re-validates it.
+    Embedded {
+        text: String,
+        origin: String,
+        env: std::collections::HashMap<String, String>,
+    },
+}
+
+/// Per-account upstream health: circuit breaker and pauses (upstream 429, bad key).
+#[derive(Debug)]
+pub struct AccountState {
+    pub account: Arc<Account>,
+    consecutive_failures: AtomicU32,
+    /// Until when calls are refused, and what callers are told meanwhile.
+    blocked: Mutex<Option<(Instant, UpstreamFailure)>>,
+    half_open_probe: AtomicBool,
+}
+
+impl AccountState {
+    pub fn new(account: Arc<Account>) -> Self {
+        Self {
+            account,
+            consecutive_failures: AtomicU32::new(0),
+            blocked: Mutex::new(None),
+            half_open_probe: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether an upstream call may be made now. While blocked, returns what to tell callers.
+    pub fn gate(&self) -> Result<(), UpstreamFailure> {
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((until, why)) = blocked.as_ref() {
+            let now = Instant::now();
+            if *until > now {
+                return Err(match why {
+                    UpstreamFailure::Unauthorized(s) => UpstreamFailure::Unauthorized(*s),
+                    _ => UpstreamFailure::Paused {
+                        retry_after: *until - now,
+                    },
+                });
+            }
+            // Cool-down over: let exactly one probe through (half-open).
+            if self.half_open_probe.swap(true, Ordering::AcqRel) {
+                return Err(UpstreamFailure::Paused {
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            *blocked = None;
+        }
+        Ok(())
+    }
+
+    /// Records a success: closes the circuit.
+    pub fn on_success(&self, metrics: &Metrics) {
+        self.consecutive_failures.store(0, Ordering::Release);
+        self.half_open_probe.store(false, Ordering::Release);
+        metrics.breaker_open.get_or_create(&self.label()).set(0);
+    }
+
+    /// Records a failure; may open the circuit or pause the account.
+    pub fn on_failure(&self, failure: &UpstreamFailure, metrics: &Metrics) {
+        if failure.is_local() {
+            return;
+        }
+        self.half_open_probe.store(false, Ordering::Release);
+        let now = Instant::now();
+        let block = match failure {
+            UpstreamFailure::RateLimited { retry_after } => {
+                Some((now + *retry_after, failure.clone()))
+            }
+            UpstreamFailure::Unauthorized(status) => {
+                tracing::error!(
+                    account = %self.account.name,
+                    status = *status,
+                    "upstream rejected the account's API key: check the key configured for this account"
+                );
+                Some((now + NEGATIVE_CACHE, failure.clone()))
+            }
+            _ => {
+                let n = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+                (n >= BREAKER_THRESHOLD).then(|| {
+                    tracing::warn!(
+                        account = %self.account.name,
+                        failures = n,
+                        cooldown_s = BREAKER_COOLDOWN.as_secs(),
+                        "circuit opened for account"
+                    );
+                    metrics.breaker_open.get_or_create(&self.label()).set(1);
+                    self.consecutive_failures.store(0, Ordering::Release);
+                    (now + BREAKER_COOLDOWN, failure.clone())
+                })
+            }
+        };
+        if let Some(b) = block {
+            *self.blocked.lock().unwrap_or_else(|p| p.into_inner()) = Some(b);
+        }
+    }
+
+    fn label(&self) -> AccountLabel {
+        AccountLabel {
+            account: self.account.name.clone(),
+        }
+    }
+}
+
+/// Per-client usage counters for `/admin/clients`; kept across reloads by client name.
+#[derive(Debug, Default)]
+pub struct ClientUsage {
+    pub requests: AtomicU64,
+    pub hits: AtomicU64,
+    pub rate_limited: AtomicU64,
+    /// Unix seconds of the last request, 0 = never.
+    pub last_seen: AtomicU64,
+}
+
+impl ClientUsage {
+    pub fn touch(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.last_seen.store(now, Ordering::Relaxed);
+    }
+}
+
+/// Per-client runtime helpers.
+#[derive(Debug)]
+pub struct ClientRuntime {
+    pub limiter: Option<Arc<ClientLimiter>>,
+    pub usage: Arc<ClientUsage>,
+}
+
+/// One config generation with everything derived from it.
+pub struct Runtime {
+    pub config: Config,
+    pub generation: u64,
+    pub upstream: Arc<Upstream>,
+    pub budget: Option<Arc<UpstreamBudget>>,
+    pub auth_throttle: Option<Arc<AuthThrottle>>,
+    pub accounts: Vec<Arc<AccountState>>,
+    pub clients: Vec<ClientRuntime>,
+}
+
+/// Building a runtime failed (only the TLS backend can fail here).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the upstream HTTP client: {0}")]
+pub struct RuntimeError(#[from] reqwest::Error);
+
+impl Runtime {
+    /// Builds a runtime for `config`, reusing what `prev` has that is still valid.
+    pub fn build(
+        config: Config,
+        generation: u64,
+        prev: Option<&Runtime>,
+        clock: &TokioClock,
+    ) -> Result<Runtime, RuntimeError> {
+        let upstream = match prev {
+            Some(p) if same_upstream_settings(p.upstream.settings(), &config.upstream) => {
+                p.upstream.clone()
+            }
+            _ => Arc::new(Upstream::new(&config.upstream)?),
+        };
+        let budget = config.upstream.rate.map(|rate| match prev.and_then(|p| p.budget.as_ref()) {
+            Some(b) if b.rate == rate => b.clone(),
+            _ => Arc::new(UpstreamBudget::new(rate, clock.clone())),
+        });
+        let auth_throttle = config.server.auth_failure_limit.map(|rate| {
+            match prev.and_then(|p| p.auth_throttle.as_ref()) {
+                Some(t) if t.rate == rate => t.clone(),
+                _ => Arc::new(AuthThrottle::new(rate, clock.clone())),
+            }
+        });
+        let accounts = config
+            .accounts
+            .iter()
+            .map(|a| {
+                prev.and_then(|p| p.accounts.iter().find(|s| s.account.same_upstream(a)))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(AccountState::new(a.clone())))
+            })
+            .collect();
+        let clients = config
+            .clients
+            .iter()
+            .map(|c| {
+                let old = prev.and_then(|p| {
+                    p.config
+                        .clients
+                        .iter()
+                        .position(|o| o.name == c.name)
+                        .map(|i| &p.clients[i])
+                });
+                let limiter = c.rate.map(|rate| match old.and_then(|o| o.limiter.as_ref()) {
+                    Some(l) if l.rate == rate && l.burst == c.burst => l.clone(),
+                    _ => Arc::new(ClientLimiter::new(rate, c.burst, clock.clone())),
+                });
+                let usage = old.map(|o| o.usage.clone()).unwrap_or_default();
+                ClientRuntime { limiter, usage }
+            })
+            .collect();
+        Ok(Runtime {
+            config,
+            generation,
+            upstream,
+            budget,
+            auth_throttle,
+            accounts,
+            clients,
+        })
+    }
+}
+
+fn same_upstream_settings(a: &crate::config::UpstreamSettings, b: &crate::config::UpstreamSettings) -> bool {
+    a.base_url == b.base_url
+        && a.allow_insecure_http == b.allow_insecure_http
+        && a.timeout == b.timeout
+        && a.connect_timeout == b.connect_timeout
+        && a.retries == b.retries
+        && a.max_body == b.max_body
+}
+
+/// Everything a request handler or admin route needs.
+pub struct Gateway {
+    pub runtime: ArcSwap<Runtime>,
+    pub cache: CacheStore,
+    pub metrics: Metrics,
+    pub clock: TokioClock,
+    pub ready: AtomicBool,
+    pub source: ConfigSource,
+    generation: AtomicU64,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// Why a reload was refused (the old config keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("{0} cannot change without a restart")]
+    NeedsRestart(&'static str),
+}
+
+impl Gateway {
+    /// A gateway serving `config`.
+    pub fn new(config: Config, source: ConfigSource) -> Result<Arc<Gateway>, RuntimeError> {
+        let clock = TokioClock::default();
+        let cache = CacheStore::new(config.cache.max_size, config.max_retention());
+        let runtime = Runtime::build(config, 1, None, &clock)?;
+        Ok(Arc::new(Gateway {
+            runtime: ArcSwap::from_pointee(runtime),
+            cache,
+            metrics: Metrics::new(),
+            clock,
+            ready: AtomicBool::new(false),
+            source,
+            generation: AtomicU64::new(1),
+            reload_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// Re-reads the config source, validates it and swaps it in. On error nothing changes.
+    pub async fn reload(&self) -> Result<(), ReloadError> {
+        let _guard = self.reload_lock.lock().await;
+        let result = self.reload_inner().await;
+        let label = crate::metrics::ResultLabel {
+            result: if result.is_ok() { "ok" } else { "failed" },
+        };
+        self.metrics.config_reloads.get_or_create(&label).inc();
+        match &result {
+            Ok(()) => tracing::info!("config reloaded"),
+            Err(e) => tracing::error!(error = %e, "config reload rejected; the old config keeps serving"),
+        }
+        result
+    }
+
+    async fn reload_inner(&self) -> Result<(), ReloadError> {
+        let source = self.source.clone();
+        let config = tokio::task::spawn_blocking(move || match &source {
+            ConfigSource::File(path) => Config::load(path),
+            ConfigSource::Embedded { text, origin, env } => Config::parse(text, origin, env),
+        })
+        .await
+        .map_err(|_| ReloadError::NeedsRestart("a config that panics the loader"))??;
+        let old = self.runtime.load_full();
+        if config.server.listen != old.config.server.listen {
+            return Err(ReloadError::NeedsRestart("server.listen"));
+        }
+        if config.server.admin_listen != old.config.server.admin_listen {
+            return Err(ReloadError::NeedsRestart("server.admin_listen"));
+        }
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let new = Runtime::build(config, generation, Some(&old), &self.clock)?;
+        // Drop cached answers of accounts that are gone or whose upstream key changed.
+        for a in &old.config.accounts {
+            if !new.config.accounts.iter().any(|n| n.same_upstream(a)) {
+                self.cache.purge(Some(&a.name));
+            }
+        }
+        self.runtime.store(Arc::new(new));
+        Ok(())
+    }
+
+    /// Records a failed authentication from `ip` for the brute-force throttle.
+    pub fn auth_failed(&self, rt: &Runtime, ip: IpAddr) {
+        self.metrics.auth_failures.inc();
+        if let Some(t) = &rt.auth_throttle {
+            let _ = t.record_failure(ip);
+        }
+    }
+}
