@@ -63,9 +63,7 @@ pub async fn run(
         tokio::spawn(async move {
             let app = crate::admin::router(gw);
             axum::serve(admin_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
+                .with_graceful_shutdown(async move { stopped(&mut stop).await })
                 .await
         })
     };
@@ -111,7 +109,7 @@ async fn serve_callers(
                 Ok(p) => p,
                 Err(_) => break,
             },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stopped(&mut stop) => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -123,7 +121,7 @@ async fn serve_callers(
                     continue;
                 }
             },
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
         let gw2 = gw.clone();
@@ -157,6 +155,11 @@ async fn serve_callers(
         tracing::warn!(grace_s = grace.as_secs(), "shutdown grace elapsed with requests in flight");
     }
     Ok(())
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
 /// Periodic housekeeping: prune per-IP limiter state and refresh cache gauges.
