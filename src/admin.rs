@@ -51,9 +51,15 @@ async fn require_token(State(gw): State<Arc<Gateway>>, req: Request, next: Next)
             _ => false,
         };
         if !ok {
-            let mut resp = error(StatusCode::UNAUTHORIZED, "unauthorized", "admin token required");
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            let mut resp = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "admin token required",
+            );
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             return resp;
         }
     }
@@ -99,7 +105,11 @@ async fn purge(State(gw): State<Arc<Gateway>>, Query(q): Query<PurgeQuery>) -> R
     gw.cache.purge(q.account.as_deref());
     gw.cache.sync().await;
     let purged = before.saturating_sub(gw.cache.entry_count());
-    tracing::info!(account = q.account.as_deref().unwrap_or("*"), purged, "cache purged");
+    tracing::info!(
+        account = q.account.as_deref().unwrap_or("*"),
+        purged,
+        "cache purged"
+    );
     Json(json!({"purged": purged, "account": q.account})).into_response()
 }
 

@@ -114,10 +114,7 @@ fn trim(mut v: &[u8]) -> &[u8] {
 }
 
 /// Looks a plaintext key up among the configured hashes; returns the client index.
-pub fn lookup(
-    keys: &std::collections::HashMap<KeyHash, usize>,
-    key: &[u8],
-) -> Option<usize> {
+pub fn lookup(keys: &std::collections::HashMap<KeyHash, usize>, key: &[u8]) -> Option<usize> {
     let hash = KeyHash::of(key);
     // The map finds the candidate by hash; the final equality is checked in constant time so
     // that no comparison in our code depends on how much of the hash matched.
@@ -185,7 +182,10 @@ mod tests {
             Credential::Malformed
         );
         assert_eq!(
-            credential(&headers(&[("authorization", "APIKey a"), ("x-api-key", "b")])),
+            credential(&headers(&[
+                ("authorization", "APIKey a"),
+                ("x-api-key", "b")
+            ])),
             Credential::Malformed
         );
         assert_eq!(

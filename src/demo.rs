@@ -25,8 +25,16 @@ const DEMO_KEY_VAR: &str = "GCORE_GATEWAY_DEMO_UPSTREAM_KEY";
 const DEMO_UPSTREAM_KEY: &str = "4242_demoUpstreamSecretNotARealKey";
 /// The demo callers' plaintext keys (their hashes are in `config/demo.toml`).
 pub const DEMO_KEYS: [(&str, &str, &str); 3] = [
-    ("billing", "demo-billing-key", "allow-list profile \"minimal\", rate 5/s burst 10"),
-    ("support", "demo-support-key", "remove-list profile \"no-contacts\""),
+    (
+        "billing",
+        "demo-billing-key",
+        "allow-list profile \"minimal\", rate 5/s burst 10",
+    ),
+    (
+        "support",
+        "demo-support-key",
+        "remove-list profile \"no-contacts\"",
+    ),
     ("platform", "demo-platform-key", "no profile: the full body"),
 ];
 
@@ -38,7 +46,11 @@ pub async fn start_fake_upstream() -> std::io::Result<SocketAddr> {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == format!("APIKey {DEMO_UPSTREAM_KEY}"));
         if ok {
-            (StatusCode::OK, [("content-type", "application/json")], CLIENTS_ME)
+            (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                CLIENTS_ME,
+            )
         } else {
             (
                 StatusCode::UNAUTHORIZED,
@@ -70,7 +82,10 @@ pub fn gateway(text: String) -> anyhow::Result<std::sync::Arc<Gateway>> {
         HashMap::from([(DEMO_KEY_VAR.to_string(), DEMO_UPSTREAM_KEY.to_string())]);
     let origin = "embedded demo config".to_string();
     let config = Config::parse(&text, &origin, &env)?;
-    Ok(Gateway::new(config, ConfigSource::Embedded { text, origin, env })?)
+    Ok(Gateway::new(
+        config,
+        ConfigSource::Embedded { text, origin, env },
+    )?)
 }
 
 /// What the demo prints once it is up.

@@ -59,10 +59,7 @@ impl GatewayError {
             NotFound => (StatusCode::NOT_FOUND, "not_found"),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             UriTooLong => (StatusCode::URI_TOO_LONG, "bad_request"),
-            HeadersTooLarge => (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "bad_request",
-            ),
+            HeadersTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "bad_request"),
             BadRequest => (StatusCode::BAD_REQUEST, "bad_request"),
             UpstreamError => (StatusCode::BAD_GATEWAY, "upstream_error"),
             UpstreamUnavailable { .. } | Overloaded => {
@@ -119,7 +116,10 @@ impl GatewayError {
         let mut resp = Response::new(Bytes::from(body.to_string()));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
             GatewayError::Unauthorized => {
@@ -159,7 +159,13 @@ mod tests {
             (RateLimited { retry_after: d }, 429, "rate_limited"),
             (AuthThrottled { retry_after: d }, 429, "rate_limited"),
             (UpstreamError, 502, "upstream_error"),
-            (UpstreamUnavailable { retry_after: Some(d) }, 503, "upstream_unavailable"),
+            (
+                UpstreamUnavailable {
+                    retry_after: Some(d),
+                },
+                503,
+                "upstream_unavailable",
+            ),
             (UpstreamTimeout, 504, "upstream_timeout"),
             (Internal, 500, "internal"),
         ];
@@ -174,8 +180,14 @@ mod tests {
         }
         let r = RateLimited { retry_after: d }.to_response("x");
         assert_eq!(r.headers()[header::RETRY_AFTER], "2");
-        assert_eq!(Unauthorized.to_response("x").headers()[header::WWW_AUTHENTICATE], "APIKey");
-        assert_eq!(MethodNotAllowed.to_response("x").headers()[header::ALLOW], "GET, HEAD");
+        assert_eq!(
+            Unauthorized.to_response("x").headers()[header::WWW_AUTHENTICATE],
+            "APIKey"
+        );
+        assert_eq!(
+            MethodNotAllowed.to_response("x").headers()[header::ALLOW],
+            "GET, HEAD"
+        );
     }
 
     #[test]

@@ -16,12 +16,21 @@ use gcore_gateway::state::{ConfigSource, Gateway};
 use gcore_gateway::{demo, server};
 
 #[derive(Parser)]
-#[command(name = "gcore-gateway", version, about = "Caching, key-hiding, rate-limiting gateway for the Gcore API")]
+#[command(
+    name = "gcore-gateway",
+    version,
+    about = "Caching, key-hiding, rate-limiting gateway for the Gcore API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Config file (TOML).
-    #[arg(long, global = true, env = "GCORE_GATEWAY_CONFIG", default_value = "config/gateway.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "GCORE_GATEWAY_CONFIG",
+        default_value = "config/gateway.toml"
+    )]
     config: PathBuf,
     /// Log format; default: pretty on a terminal, json otherwise. Filter with RUST_LOG.
     #[arg(long, global = true, value_enum)]
@@ -43,6 +52,11 @@ enum Command {
         /// Caller port; the admin port is PORT+1.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+    },
+    /// Probe an admin URL (exit 0 on 200): a HEALTHCHECK for images without curl.
+    Health {
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
     },
 }
 
@@ -67,11 +81,15 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo { port } => demo_cmd(port, cli.log_format),
+        Command::Health { url } => health(&url),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = if e.downcast_ref::<gcore_gateway::config::ConfigError>().is_some() {
+            let code = if e
+                .downcast_ref::<gcore_gateway::config::ConfigError>()
+                .is_some()
+            {
                 EXIT_INVALID
             } else {
                 1
@@ -129,6 +147,38 @@ fn hash_key(key: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn health(url: &str) -> anyhow::Result<()> {
+    use std::io::Read;
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let rest = url
+        .strip_prefix("http://")
+        .context("--url must start with http://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let addr = authority
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {authority}"))?
+        .next()
+        .with_context(|| format!("cannot resolve {authority}"))?;
+    let timeout = Duration::from_secs(2);
+    let mut s = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).context("no HTTP answer")?;
+    anyhow::ensure!(
+        &head[9..12] == b"200",
+        "{url} answered {}",
+        String::from_utf8_lossy(&head[9..12])
+    );
+    Ok(())
+}
+
 fn init_tracing(format: Option<LogFormat>) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -160,7 +210,8 @@ fn serve(path: PathBuf, log: Option<LogFormat>) -> anyhow::Result<()> {
     let rt = runtime()?;
     rt.block_on(async move {
         let (listen, admin_listen) = (config.server.listen, config.server.admin_listen);
-        let listener = server::bind(listen).with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+        let listener = server::bind(listen)
+            .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
         let admin = server::bind(admin_listen)
             .with_context(|| format!("cannot listen on {admin_listen} (server.admin_listen)"))?;
         tracing::info!(config = %path.display(), "config loaded");
@@ -176,7 +227,9 @@ fn demo_cmd(port: u16, log: Option<LogFormat>) -> anyhow::Result<()> {
     init_tracing(log.or(Some(LogFormat::Pretty)));
     let rt = runtime()?;
     rt.block_on(async move {
-        let upstream = demo::start_fake_upstream().await.context("cannot start the fake upstream")?;
+        let upstream = demo::start_fake_upstream()
+            .await
+            .context("cannot start the fake upstream")?;
         let admin_port = port.checked_add(1).context("--port must be below 65535")?;
         let listener = server::bind(([127, 0, 0, 1], port).into())
             .with_context(|| format!("cannot listen on 127.0.0.1:{port} (use --port)"))?;

@@ -107,8 +107,9 @@ impl Metrics {
             "Upstream fetches, by account, route and outcome",
             upstream_requests.clone(),
         );
-        let upstream_duration =
-            Family::<AccountLabel, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        let upstream_duration = Family::<AccountLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
         registry.register(
             "gateway_upstream_request_duration_seconds",
             "Duration of upstream fetches including retries",
@@ -121,7 +122,11 @@ impl Metrics {
             request_duration.clone(),
         );
         let cache_entries = Gauge::default();
-        registry.register("gateway_cache_entries", "Entries in the cache", cache_entries.clone());
+        registry.register(
+            "gateway_cache_entries",
+            "Entries in the cache",
+            cache_entries.clone(),
+        );
         let cache_bytes = Gauge::default();
         registry.register(
             "gateway_cache_weighted_bytes",

@@ -92,7 +92,10 @@ async fn pipeline<B>(
             Ok(info) => *rl_info = Some(info),
             Err((info, retry_after)) => {
                 *rl_info = Some(info);
-                client_rt.usage.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                client_rt
+                    .usage
+                    .rate_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 gw.metrics
                     .rate_limited
                     .get_or_create(&ClientLabel {
@@ -139,7 +142,10 @@ async fn pipeline<B>(
         .map_err(upstream_error)?;
     outcome.cache = Some(status);
     if status == CacheStatus::Hit {
-        client_rt.usage.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        client_rt
+            .usage
+            .hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let entry = current_generation(gw, rt, key, entry).await;
 
@@ -159,10 +165,7 @@ async fn pipeline<B>(
 
 fn check_request_shape<B>(rt: &Runtime, req: &Request<B>) -> Result<(), GatewayError> {
     let limits = &rt.config.server;
-    let uri_len = req
-        .uri()
-        .path_and_query()
-        .map_or(0, |pq| pq.as_str().len());
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > limits.max_uri_bytes {
         return Err(GatewayError::UriTooLong);
     }
@@ -224,7 +227,12 @@ fn upstream_error(f: UpstreamFailure) -> GatewayError {
 }
 
 /// An entry from an older config generation is re-keyed to the current profile table.
-async fn current_generation(gw: &Gateway, rt: &Runtime, key: CacheKey, entry: Arc<Entry>) -> Arc<Entry> {
+async fn current_generation(
+    gw: &Gateway,
+    rt: &Runtime,
+    key: CacheKey,
+    entry: Arc<Entry>,
+) -> Arc<Entry> {
     if entry.generation == rt.generation {
         return entry;
     }
@@ -263,17 +271,24 @@ fn respond<B>(
     h.insert(X_CACHE.clone(), HeaderValue::from_static(status.as_str()));
     h.insert(header::AGE, HeaderValue::from(entry.age(now).as_secs()));
     h.insert(header::ETAG, rendered.etag.clone());
-    h.insert(header::CACHE_CONTROL, cache_control(entry.fresh_secs_left(now)));
+    h.insert(
+        header::CACHE_CONTROL,
+        cache_control(entry.fresh_secs_left(now)),
+    );
     h.insert(header::VARY, VARY);
     if req.method() == Method::HEAD && !not_modified {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(rendered.body.len()));
+        h.insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(rendered.body.len()),
+        );
     }
     resp
 }
 
 fn cache_control(max_age: u64) -> HeaderValue {
     let mut buf = itoa_buf::Buf::new();
-    HeaderValue::from_str(buf.cache_control(max_age)).unwrap_or(HeaderValue::from_static("private, max-age=0"))
+    HeaderValue::from_str(buf.cache_control(max_age))
+        .unwrap_or(HeaderValue::from_static("private, max-age=0"))
 }
 
 mod itoa_buf {
@@ -315,8 +330,14 @@ fn etag_matches(header: &[u8], etag: &[u8]) -> bool {
 }
 
 fn trim_ascii(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -332,7 +353,8 @@ fn request_id(headers: &HeaderMap) -> String {
         let b = v.as_bytes();
         if !b.is_empty()
             && b.len() <= 128
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
         {
             // Checked ASCII above.
             return String::from_utf8_lossy(b).into_owned();
@@ -401,7 +423,10 @@ mod tests {
     fn cache_control_value() {
         assert_eq!(cache_control(0), "private, max-age=0");
         assert_eq!(cache_control(300), "private, max-age=300");
-        assert_eq!(cache_control(u64::MAX), format!("private, max-age={}", u64::MAX));
+        assert_eq!(
+            cache_control(u64::MAX),
+            format!("private, max-age={}", u64::MAX)
+        );
     }
 
     #[test]

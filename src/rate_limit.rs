@@ -140,11 +140,7 @@ const MAX_BLOCKED_IPS: u64 = 100_000;
 impl AuthThrottle {
     pub fn new(rate: Rate, clock: TokioClock) -> Self {
         Self {
-            failures: RateLimiter::new(
-                quota(rate, rate.count.get()),
-                Default::default(),
-                clock,
-            ),
+            failures: RateLimiter::new(quota(rate, rate.count.get()), Default::default(), clock),
             blocked: moka::sync::Cache::builder()
                 .max_capacity(MAX_BLOCKED_IPS)
                 .time_to_live(rate.per)

@@ -61,10 +61,12 @@ impl Profile {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    JsonPath::parse(p).map(|jp| (p.clone(), jp)).map_err(|e| ProfileError {
-                        key: format!("profiles.{name}.{list}[{i}]"),
-                        message: format!("invalid JSONPath {p:?}: {e}"),
-                    })
+                    JsonPath::parse(p)
+                        .map(|jp| (p.clone(), jp))
+                        .map_err(|e| ProfileError {
+                            key: format!("profiles.{name}.{list}[{i}]"),
+                            message: format!("invalid JSONPath {p:?}: {e}"),
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
@@ -284,7 +286,10 @@ mod tests {
         let p = profile(&[], &["$.users[*].name"], None);
         let mut d = json!({"users": [{"name": "Maria"}, {"name": null}, {"name": 3}]});
         p.apply(&mut d);
-        assert_eq!(d, json!({"users": [{"name": "***"}, {"name": null}, {"name": null}]}));
+        assert_eq!(
+            d,
+            json!({"users": [{"name": "***"}, {"name": null}, {"name": null}]})
+        );
     }
 
     #[test]
@@ -327,6 +332,9 @@ mod tests {
     fn render_fails_closed() {
         let p = profile(&["$.email"], &[], None);
         assert!(p.render(b"<html>email</html>").is_err());
-        assert_eq!(&p.render(br#"{"email":"x","id":1}"#).unwrap()[..], br#"{"id":1}"#);
+        assert_eq!(
+            &p.render(br#"{"email":"x","id":1}"#).unwrap()[..],
+            br#"{"id":1}"#
+        );
     }
 }

@@ -23,7 +23,9 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, BadPath> {
     let bytes = raw.as_bytes();
     // Fast path: already canonical (the common case on the hot path) -> no allocation.
     let simple = !raw.contains("//")
-        && !bytes.iter().any(|b| matches!(b, b'%' | b'\\') || b.is_ascii_control())
+        && !bytes
+            .iter()
+            .any(|b| matches!(b, b'%' | b'\\') || b.is_ascii_control())
         && !raw.split('/').any(|s| s == "." || s == "..");
     if simple {
         return Ok(Cow::Borrowed(raw));
@@ -69,7 +71,10 @@ pub fn validate_route_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return bad("must start with /");
     }
-    if path.bytes().any(|b| !(0x21..=0x7e).contains(&b) || matches!(b, b'?' | b'#' | b'%' | b'\\')) {
+    if path
+        .bytes()
+        .any(|b| !(0x21..=0x7e).contains(&b) || matches!(b, b'?' | b'#' | b'%' | b'\\'))
+    {
         return bad("use plain visible ASCII without ? # % or \\");
     }
     match normalize(path) {
@@ -117,8 +122,14 @@ mod tests {
         assert_eq!(n("/iam//clients/me").unwrap(), "/iam/clients/me");
         assert_eq!(n("/iam/./clients/me").unwrap(), "/iam/clients/me");
         assert_eq!(n("/iam/x/../clients/me").unwrap(), "/iam/clients/me");
-        assert_eq!(n("/iam/clients/me/../../users/me").unwrap(), "/iam/users/me");
-        assert_eq!(n("/iam/clients/me/%2e%2e/%2E%2E/users").unwrap(), "/iam/users");
+        assert_eq!(
+            n("/iam/clients/me/../../users/me").unwrap(),
+            "/iam/users/me"
+        );
+        assert_eq!(
+            n("/iam/clients/me/%2e%2e/%2E%2E/users").unwrap(),
+            "/iam/users"
+        );
         assert_eq!(n("/iam/clients/%6de").unwrap(), "/iam/clients/me");
         assert_eq!(n("/.."), Err(BadPath));
         assert_eq!(n("/iam%2fclients/me"), Err(BadPath));

@@ -139,7 +139,9 @@ async fn serve_callers(
                 Ok::<_, Infallible>(resp.map(Full::new))
             }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
         let conn = graceful.watch(conn);
         let gw3 = gw.clone();
         gw3.metrics.connections.inc();
@@ -151,8 +153,14 @@ async fn serve_callers(
     }
     drop(listener);
     let grace = gw.runtime.load().config.server.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(grace_s = grace.as_secs(), "shutdown grace elapsed with requests in flight");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = grace.as_secs(),
+            "shutdown grace elapsed with requests in flight"
+        );
     }
     Ok(())
 }

@@ -193,10 +193,13 @@ impl Runtime {
             }
             _ => Arc::new(Upstream::new(&config.upstream)?),
         };
-        let budget = config.upstream.rate.map(|rate| match prev.and_then(|p| p.budget.as_ref()) {
-            Some(b) if b.rate == rate => b.clone(),
-            _ => Arc::new(UpstreamBudget::new(rate, clock.clone())),
-        });
+        let budget = config
+            .upstream
+            .rate
+            .map(|rate| match prev.and_then(|p| p.budget.as_ref()) {
+                Some(b) if b.rate == rate => b.clone(),
+                _ => Arc::new(UpstreamBudget::new(rate, clock.clone())),
+            });
         let auth_throttle = config.server.auth_failure_limit.map(|rate| {
             match prev.and_then(|p| p.auth_throttle.as_ref()) {
                 Some(t) if t.rate == rate => t.clone(),
@@ -223,10 +226,12 @@ impl Runtime {
                         .position(|o| o.name == c.name)
                         .map(|i| &p.clients[i])
                 });
-                let limiter = c.rate.map(|rate| match old.and_then(|o| o.limiter.as_ref()) {
-                    Some(l) if l.rate == rate && l.burst == c.burst => l.clone(),
-                    _ => Arc::new(ClientLimiter::new(rate, c.burst, clock.clone())),
-                });
+                let limiter = c
+                    .rate
+                    .map(|rate| match old.and_then(|o| o.limiter.as_ref()) {
+                        Some(l) if l.rate == rate && l.burst == c.burst => l.clone(),
+                        _ => Arc::new(ClientLimiter::new(rate, c.burst, clock.clone())),
+                    });
                 let usage = old.map(|o| o.usage.clone()).unwrap_or_default();
                 ClientRuntime { limiter, usage }
             })
@@ -243,7 +248,10 @@ impl Runtime {
     }
 }
 
-fn same_upstream_settings(a: &crate::config::UpstreamSettings, b: &crate::config::UpstreamSettings) -> bool {
+fn same_upstream_settings(
+    a: &crate::config::UpstreamSettings,
+    b: &crate::config::UpstreamSettings,
+) -> bool {
     a.base_url == b.base_url
         && a.allow_insecure_http == b.allow_insecure_http
         && a.timeout == b.timeout
@@ -303,7 +311,9 @@ impl Gateway {
         self.metrics.config_reloads.get_or_create(&label).inc();
         match &result {
             Ok(()) => tracing::info!("config reloaded"),
-            Err(e) => tracing::error!(error = %e, "config reload rejected; the old config keeps serving"),
+            Err(e) => {
+                tracing::error!(error = %e, "config reload rejected; the old config keeps serving")
+            }
         }
         result
     }

@@ -152,7 +152,12 @@ impl Upstream {
                 .await
                 .unwrap_or(Err(UpstreamFailure::Timeout));
             match result {
-                Ok(body) => return Ok(Fetched { body, attempts: attempt }),
+                Ok(body) => {
+                    return Ok(Fetched {
+                        body,
+                        attempts: attempt,
+                    })
+                }
                 Err(e) if e.retryable() && attempt <= self.settings.retries => {
                     let cap = BACKOFF_BASE
                         .saturating_mul(1 << (attempt - 1).min(16))
@@ -201,7 +206,8 @@ impl Upstream {
             return Err(UpstreamFailure::TooLarge);
         }
         let mut resp = resp;
-        let mut buf = BytesMut::with_capacity(resp.content_length().unwrap_or(4096).min(max as u64) as usize);
+        let mut buf =
+            BytesMut::with_capacity(resp.content_length().unwrap_or(4096).min(max as u64) as usize);
         while let Some(chunk) = resp.chunk().await.map_err(|e| {
             if e.is_timeout() {
                 UpstreamFailure::Timeout

@@ -45,7 +45,10 @@ async fn every_credential_form_is_accepted_and_never_forwarded() {
         assert!(s.headers.get("x-forwarded-for").is_none());
         for (_, v) in s.headers.iter() {
             let v = v.to_str().unwrap_or("");
-            assert!(!v.contains(KEY_ALPHA) && !v.contains(KEY_ALPHA2), "caller key forwarded");
+            assert!(
+                !v.contains(KEY_ALPHA) && !v.contains(KEY_ALPHA2),
+                "caller key forwarded"
+            );
         }
     }
     gw.stop().await;
@@ -97,8 +100,14 @@ async fn accounts_never_see_each_other() {
     let gw = Harness::start(&config(&up.url(), "")).await;
     // Interleaved.
     for _ in 0..3 {
-        assert_eq!(gw.get(ME, KEY_ALPHA).await.text().await.unwrap(), body_for("A", 1));
-        assert_eq!(gw.get(ME, KEY_BETA).await.text().await.unwrap(), body_for("B", 1));
+        assert_eq!(
+            gw.get(ME, KEY_ALPHA).await.text().await.unwrap(),
+            body_for("A", 1)
+        );
+        assert_eq!(
+            gw.get(ME, KEY_BETA).await.text().await.unwrap(),
+            body_for("B", 1)
+        );
     }
     // Concurrent, cold.
     gw.gw.cache.purge(None);
@@ -114,10 +123,18 @@ async fn accounts_never_see_each_other() {
     }
     for t in tasks {
         let (key, body) = t.await.unwrap();
-        let want = if key == KEY_ALPHA { body_for("A", 1) } else { body_for("B", 1) };
+        let want = if key == KEY_ALPHA {
+            body_for("A", 1)
+        } else {
+            body_for("B", 1)
+        };
         assert_eq!(body, want);
     }
-    assert_eq!(up.calls(), 4, "2 warm-up fills + one coalesced fill per account");
+    assert_eq!(
+        up.calls(),
+        4,
+        "2 warm-up fills + one coalesced fill per account"
+    );
     gw.stop().await;
 }
 
@@ -145,8 +162,19 @@ async fn hundred_concurrent_cold_requests_make_one_upstream_call() {
         assert_eq!(body, body_for("A", 1));
     }
     assert_eq!(up.calls(), 1);
-    let metrics = gw.http.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("gateway_coalesced_requests_total 99"), "{metrics}");
+    let metrics = gw
+        .http
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gateway_coalesced_requests_total 99"),
+        "{metrics}"
+    );
     gw.stop().await;
 }
 
@@ -173,9 +201,18 @@ async fn error_rows_never_reach_the_upstream() {
     let r = gw.get(ME, "not-a-known-key").await;
     assert_eq!(header(&r, "www-authenticate"), "APIKey");
     error_body(r, 401, "unauthorized").await;
-    let r = h.get(gw.url(ME)).header("authorization", format!("Basic {KEY_ALPHA}")).send().await.unwrap();
+    let r = h
+        .get(gw.url(ME))
+        .header("authorization", format!("Basic {KEY_ALPHA}"))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 401, "unauthorized").await;
-    let r = h.get(gw.url(&format!("{ME}?api_key={KEY_ALPHA}"))).send().await.unwrap();
+    let r = h
+        .get(gw.url(&format!("{ME}?api_key={KEY_ALPHA}")))
+        .send()
+        .await
+        .unwrap();
     error_body(r, 401, "unauthorized").await;
     // 403: gamma may only use /iam/users/me.
     error_body(gw.get(ME, KEY_GAMMA).await, 403, "forbidden").await;
@@ -184,7 +221,12 @@ async fn error_rows_never_reach_the_upstream() {
     error_body(gw.get("/healthz", KEY_ALPHA).await, 404, "not_found").await;
     error_body(gw.get("/metrics", KEY_ALPHA).await, 404, "not_found").await;
     // 405 with Allow.
-    for m in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE, reqwest::Method::PATCH] {
+    for m in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+        reqwest::Method::PATCH,
+    ] {
         let r = h
             .request(m.clone(), gw.url(ME))
             .header("authorization", format!("APIKey {KEY_ALPHA}"))
@@ -223,7 +265,12 @@ async fn traversal_variants_never_reach_another_upstream_path() {
     }
     assert_eq!(up.calls(), 0, "nothing went upstream");
     // Spellings that normalise to the allow-listed path are served from that path only.
-    for p in ["//iam//clients/me", "/iam/./clients/me", "/iam/x/../clients/me", "/iam/clients/%6De"] {
+    for p in [
+        "//iam//clients/me",
+        "/iam/./clients/me",
+        "/iam/x/../clients/me",
+        "/iam/clients/%6De",
+    ] {
         let r = gw.get(p, KEY_ALPHA).await;
         assert_eq!(r.status(), 200, "{p}");
     }
@@ -258,7 +305,13 @@ async fn if_none_match_and_head() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let r = gw.http.head(gw.url(ME)).header("x-api-key", KEY_ALPHA).send().await.unwrap();
+    let r = gw
+        .http
+        .head(gw.url(ME))
+        .header("x-api-key", KEY_ALPHA)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-cache"), "HIT");
     assert_eq!(header(&r, "content-length"), len.to_string());
@@ -271,11 +324,23 @@ async fn if_none_match_and_head() {
 async fn request_id_is_echoed_when_sane() {
     let up = FakeUpstream::start().await;
     let gw = Harness::start(&config(&up.url(), "")).await;
-    let r = gw.http.get(gw.url(ME)).header("x-request-id", "trace-42.a_b").send().await.unwrap();
+    let r = gw
+        .http
+        .get(gw.url(ME))
+        .header("x-request-id", "trace-42.a_b")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(header(&r, "x-request-id"), "trace-42.a_b");
     let v = error_body(r, 401, "unauthorized").await;
     assert_eq!(v["error"]["request_id"], "trace-42.a_b");
-    let r = gw.http.get(gw.url(ME)).header("x-request-id", "<script>").send().await.unwrap();
+    let r = gw
+        .http
+        .get(gw.url(ME))
+        .header("x-request-id", "<script>")
+        .send()
+        .await
+        .unwrap();
     assert_ne!(header(&r, "x-request-id"), "<script>");
     gw.stop().await;
 }
@@ -284,7 +349,11 @@ async fn request_id_is_echoed_when_sane() {
 async fn only_200_is_cached_and_upstream_error_bodies_never_leak() {
     let up = FakeUpstream::start().await;
     let gw = Harness::start(&config(&up.url(), "")).await;
-    for (status, want, code) in [(500, 502, "upstream_error"), (401, 502, "upstream_error"), (404, 502, "upstream_error")] {
+    for (status, want, code) in [
+        (500, 502, "upstream_error"),
+        (401, 502, "upstream_error"),
+        (404, 502, "upstream_error"),
+    ] {
         up.set_mode(Mode::Status(status));
         let r = gw.get(ME, KEY_BETA).await;
         let v = error_body(r, want, code).await;
@@ -314,7 +383,13 @@ async fn admin_routes_live_only_on_the_admin_port() {
     assert_eq!(r.status(), 200);
     let r = gw.http.get(gw.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = gw.http.get(gw.admin_url(ME)).header("x-api-key", KEY_ALPHA).send().await.unwrap();
+    let r = gw
+        .http
+        .get(gw.admin_url(ME))
+        .header("x-api-key", KEY_ALPHA)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     for p in ["/healthz", "/readyz", "/metrics", "/admin/clients"] {
         let r = gw.http.get(gw.url(p)).send().await.unwrap();

@@ -71,7 +71,13 @@ impl std::fmt::Debug for Entry {
 }
 
 impl Entry {
-    pub fn new(body: Bytes, fetched_at: Instant, ttl: Duration, generation: u64, profiles: usize) -> Entry {
+    pub fn new(
+        body: Bytes,
+        fetched_at: Instant,
+        ttl: Duration,
+        generation: u64,
+        profiles: usize,
+    ) -> Entry {
         Entry {
             fetched_at,
             fetched_wall: SystemTime::now(),
@@ -145,7 +151,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn freshness_windows() {
-        let e = Entry::new(Bytes::from_static(b"{}"), Instant::now(), Duration::from_secs(10), 0, 0);
+        let e = Entry::new(
+            Bytes::from_static(b"{}"),
+            Instant::now(),
+            Duration::from_secs(10),
+            0,
+            0,
+        );
         let (swr, sie) = (Duration::from_secs(5), Duration::from_secs(60));
         assert_eq!(e.freshness(Instant::now(), swr, sie), Freshness::Fresh);
         tokio::time::advance(Duration::from_secs(10)).await;

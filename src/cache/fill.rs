@@ -6,8 +6,8 @@
 //! account's breaker and pauses and the global upstream budget are consulted here; on failure
 //! the previous good copy is left in place (a failed refresh never evicts).
 
-use std::sync::Arc;
 use futures_util::FutureExt;
+use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::{CacheKey, CacheStatus, CacheStore, Entry, FillResult, Flight, Freshness};
@@ -42,7 +42,9 @@ pub async fn get_or_fetch(
                 let _ = flight(gw, rt, &spec, now + rt.config.server.request_timeout);
                 gw.metrics
                     .stale_served
-                    .get_or_create(&crate::metrics::ReasonLabel { reason: "revalidate" })
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: "revalidate",
+                    })
                     .inc();
                 return Ok((e, CacheStatus::Stale));
             }
@@ -73,7 +75,12 @@ pub async fn get_or_fetch(
 
 /// Joins the fill for `spec.key`, starting one if none runs. Returns the shared future and
 /// whether an existing fill was joined.
-fn flight(gw: &Arc<Gateway>, rt: &Arc<Runtime>, spec: &FillSpec, deadline: Instant) -> (Flight, bool) {
+fn flight(
+    gw: &Arc<Gateway>,
+    rt: &Arc<Runtime>,
+    spec: &FillSpec,
+    deadline: Instant,
+) -> (Flight, bool) {
     let mut inflight = gw.cache.inflight();
     if let Some(f) = inflight.get(&spec.key) {
         return (f.clone(), true);
@@ -124,7 +131,10 @@ async fn fetch_into_cache(
         outcome,
     };
     if let Err(f) = state.gate() {
-        gw.metrics.upstream_requests.get_or_create(&labels(f.outcome())).inc();
+        gw.metrics
+            .upstream_requests
+            .get_or_create(&labels(f.outcome()))
+            .inc();
         return Err(f);
     }
     let admit = || match &rt.budget {
@@ -134,7 +144,13 @@ async fn fetch_into_cache(
     let started = Instant::now();
     let fetched = rt
         .upstream
-        .fetch(&state.account, &route.path, key.query.as_deref(), deadline, &admit)
+        .fetch(
+            &state.account,
+            &route.path,
+            key.query.as_deref(),
+            deadline,
+            &admit,
+        )
         .await
         .and_then(|f| {
             // Only well-formed JSON is cached: profiles need it, and callers expect it.
@@ -147,7 +163,10 @@ async fn fetch_into_cache(
         Ok(_) => "ok",
         Err(f) => f.outcome(),
     };
-    gw.metrics.upstream_requests.get_or_create(&labels(outcome)).inc();
+    gw.metrics
+        .upstream_requests
+        .get_or_create(&labels(outcome))
+        .inc();
     if !matches!(fetched, Err(ref f) if f.is_local()) {
         gw.metrics
             .upstream_duration

@@ -215,8 +215,13 @@ impl Config {
         let accounts = v.accounts(&raw.accounts, env)?;
         let (routes, route_by_path) = v.routes(&raw.routes, cache.ttl)?;
         let (profiles, profile_by_name) = v.profiles(&raw.profiles)?;
-        let (clients, key_to_client) =
-            v.clients(&raw.clients, &accounts, &route_by_path, &profile_by_name, routes.len())?;
+        let (clients, key_to_client) = v.clients(
+            &raw.clients,
+            &accounts,
+            &route_by_path,
+            &profile_by_name,
+            routes.len(),
+        )?;
         Ok(Config {
             origin: origin.to_string(),
             server,
@@ -249,9 +254,12 @@ impl Config {
         out.push_str(&format!(
             "routes ({}): {}\n",
             self.routes.len(),
-            names(&mut self.routes.iter().map(|r| {
-                format!("{} (ttl {})", r.path, humantime::format_duration(r.ttl))
-            }))
+            names(
+                &mut self
+                    .routes
+                    .iter()
+                    .map(|r| { format!("{} (ttl {})", r.path, humantime::format_duration(r.ttl)) })
+            )
         ));
         out.push_str(&format!(
             "profiles ({}): {}\n",
@@ -267,7 +275,11 @@ impl Config {
                     c.name,
                     self.accounts[c.account].name,
                     self.key_count(c.index),
-                    if self.key_count(c.index) == 1 { "" } else { "s" }
+                    if self.key_count(c.index) == 1 {
+                        ""
+                    } else {
+                        "s"
+                    }
                 );
                 if let Some(p) = c.profile {
                     s.push_str(&format!(", profile {}", self.profiles[p].name));
@@ -286,13 +298,21 @@ impl Config {
     }
 
     fn key_count(&self, client: usize) -> usize {
-        self.key_to_client.values().filter(|c| **c == client).count()
+        self.key_to_client
+            .values()
+            .filter(|c| **c == client)
+            .count()
     }
 
     /// The longest time any entry can still be useful: the longest route TTL plus the larger
     /// stale window. Bounds how long the cache keeps entries in memory.
     pub fn max_retention(&self) -> Duration {
-        let ttl = self.routes.iter().map(|r| r.ttl).max().unwrap_or(self.cache.ttl);
+        let ttl = self
+            .routes
+            .iter()
+            .map(|r| r.ttl)
+            .max()
+            .unwrap_or(self.cache.ttl);
         ttl + self
             .cache
             .stale_while_revalidate
@@ -312,6 +332,9 @@ fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
         None => e.message().trim().to_string(),
     }
 }
+
+/// Items in config order plus an index from a lookup key to their position.
+type Table<T, K> = (Vec<Arc<T>>, HashMap<K, usize>);
 
 struct Validator<'a> {
     origin: &'a str,
@@ -384,7 +407,8 @@ impl Validator<'_> {
             auth_failure_limit,
             header_read_timeout: self
                 .positive("server.header_read_timeout", &s.header_read_timeout)?,
-            keep_alive_timeout: self.positive("server.keep_alive_timeout", &s.keep_alive_timeout)?,
+            keep_alive_timeout: self
+                .positive("server.keep_alive_timeout", &s.keep_alive_timeout)?,
             max_connections: s.max_connections.min(usize::MAX as u64) as usize,
             max_header_bytes: max_header_bytes.min(1 << 20) as usize,
             max_uri_bytes: max_uri_bytes.min(1 << 20) as usize,
@@ -441,7 +465,8 @@ impl Validator<'_> {
     fn cache(&self, c: &raw::RawCache) -> Result<CacheSettings, ConfigError> {
         Ok(CacheSettings {
             ttl: self.positive("cache.ttl", &c.ttl)?,
-            stale_while_revalidate: self.dur("cache.stale_while_revalidate", &c.stale_while_revalidate)?,
+            stale_while_revalidate: self
+                .dur("cache.stale_while_revalidate", &c.stale_while_revalidate)?,
             stale_if_error: self.dur("cache.stale_if_error", &c.stale_if_error)?,
             max_size: self.size("cache.max_size", &c.max_size)?,
         })
@@ -474,7 +499,10 @@ impl Validator<'_> {
             let at = format!("accounts[{i}]");
             check_name(&a.name).map_err(|m| self.err(format!("{at}.name"), m))?;
             if !seen.insert(a.name.as_str()) {
-                return Err(self.err(format!("{at}.name"), format!("duplicate account {:?}", a.name)));
+                return Err(self.err(
+                    format!("{at}.name"),
+                    format!("duplicate account {:?}", a.name),
+                ));
             }
             let secret = match (&a.api_key_env, &a.api_key_file) {
                 (Some(var), None) => env.env(var).ok_or_else(|| {
@@ -484,17 +512,19 @@ impl Validator<'_> {
                     )
                 })?,
                 (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
-                    self.err(format!("{at}.api_key_file"), format!("cannot read {file}: {e}"))
+                    self.err(
+                        format!("{at}.api_key_file"),
+                        format!("cannot read {file}: {e}"),
+                    )
                 })?,
-                _ => {
-                    return Err(self.err(
-                        &at,
-                        "set exactly one of api_key_env / api_key_file",
-                    ))
-                }
+                _ => return Err(self.err(&at, "set exactly one of api_key_env / api_key_file")),
             };
             let secret = secret.trim().to_string();
-            let source = if a.api_key_env.is_some() { "api_key_env" } else { "api_key_file" };
+            let source = if a.api_key_env.is_some() {
+                "api_key_env"
+            } else {
+                "api_key_file"
+            };
             if secret.is_empty() {
                 return Err(self.err(format!("{at}.{source}"), "the API key is empty"));
             }
@@ -516,7 +546,7 @@ impl Validator<'_> {
         &self,
         raw: &[raw::RawRoute],
         default_ttl: Duration,
-    ) -> Result<(Vec<Arc<Route>>, HashMap<Arc<str>, usize>), ConfigError> {
+    ) -> Result<Table<Route, Arc<str>>, ConfigError> {
         let mut routes = Vec::with_capacity(raw.len());
         let mut by_path = HashMap::new();
         for (i, r) in raw.iter().enumerate() {
@@ -530,7 +560,11 @@ impl Validator<'_> {
                 Some(t) => self.positive(&format!("routes[{i}].ttl"), t)?,
                 None => default_ttl,
             };
-            routes.push(Arc::new(Route { index: i, path, ttl }));
+            routes.push(Arc::new(Route {
+                index: i,
+                path,
+                ttl,
+            }));
         }
         Ok((routes, by_path))
     }
@@ -538,7 +572,7 @@ impl Validator<'_> {
     fn profiles(
         &self,
         raw: &std::collections::BTreeMap<String, raw::RawProfile>,
-    ) -> Result<(Vec<Arc<Profile>>, HashMap<String, usize>), ConfigError> {
+    ) -> Result<Table<Profile, String>, ConfigError> {
         let mut out = Vec::with_capacity(raw.len());
         let mut by_name = HashMap::new();
         for (name, p) in raw {
@@ -557,7 +591,7 @@ impl Validator<'_> {
         routes: &HashMap<Arc<str>, usize>,
         profiles: &HashMap<String, usize>,
         route_count: usize,
-    ) -> Result<(Vec<Arc<Client>>, HashMap<KeyHash, usize>), ConfigError> {
+    ) -> Result<Table<Client, KeyHash>, ConfigError> {
         let mut out = Vec::with_capacity(raw.len());
         let mut keys = HashMap::new();
         let mut names = HashSet::new();
@@ -565,13 +599,19 @@ impl Validator<'_> {
             let at = format!("clients[{i}]");
             check_name(&c.name).map_err(|m| self.err(format!("{at}.name"), m))?;
             if !names.insert(c.name.as_str()) {
-                return Err(self.err(format!("{at}.name"), format!("duplicate client {:?}", c.name)));
+                return Err(self.err(
+                    format!("{at}.name"),
+                    format!("duplicate client {:?}", c.name),
+                ));
             }
             let account = accounts
                 .iter()
                 .position(|a| *a.name == *c.account)
                 .ok_or_else(|| {
-                    self.err(format!("{at}.account"), format!("no account named {:?}", c.account))
+                    self.err(
+                        format!("{at}.account"),
+                        format!("no account named {:?}", c.account),
+                    )
                 })?;
             let profile = c
                 .profile
@@ -586,7 +626,8 @@ impl Validator<'_> {
                 return Err(self.err(format!("{at}.keys"), "needs at least one key hash"));
             }
             for (k, key) in c.keys.iter().enumerate() {
-                let hash = KeyHash::parse(key).map_err(|m| self.err(format!("{at}.keys[{k}]"), m))?;
+                let hash =
+                    KeyHash::parse(key).map_err(|m| self.err(format!("{at}.keys[{k}]"), m))?;
                 if let Some(other) = keys.insert(hash, i) {
                     return Err(self.err(
                         format!("{at}.keys[{k}]"),

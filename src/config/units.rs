@@ -91,12 +91,17 @@ pub fn rate(s: &str) -> Result<Rate, String> {
         .trim()
         .parse()
         .map_err(|_| format!("invalid rate {s:?}: N must be a whole number"))?;
-    let count = NonZeroU32::new(count).ok_or_else(|| format!("invalid rate {s:?}: N must be ≥ 1"))?;
+    let count =
+        NonZeroU32::new(count).ok_or_else(|| format!("invalid rate {s:?}: N must be ≥ 1"))?;
     let per = match unit.trim() {
         "s" => Duration::from_secs(1),
         "m" => Duration::from_secs(60),
         "h" => Duration::from_secs(3600),
-        other => return Err(format!("invalid rate {s:?}: unknown period {other:?} (use s, m or h)")),
+        other => {
+            return Err(format!(
+                "invalid rate {s:?}: unknown period {other:?} (use s, m or h)"
+            ))
+        }
     };
     Ok(Rate { count, per })
 }

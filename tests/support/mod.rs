@@ -166,7 +166,11 @@ async fn handle(State(up): State<Arc<FakeUpstream>>, req: Request) -> Response {
             echo,
         )
             .into_response(),
-        Mode::NotJson => (StatusCode::OK, "<html>maria.keller@acme-widgets.example</html>").into_response(),
+        Mode::NotJson => (
+            StatusCode::OK,
+            "<html>maria.keller@acme-widgets.example</html>",
+        )
+            .into_response(),
         Mode::Oversize(n) => {
             let mut s = String::from("[\"");
             s.push_str(&"x".repeat(n));
@@ -176,7 +180,9 @@ async fn handle(State(up): State<Arc<FakeUpstream>>, req: Request) -> Response {
         Mode::DropMidBody => {
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
             tokio::spawn(async move {
-                let _ = tx.send(Ok(bytes::Bytes::from_static(b"{\"id\": 1, \"users\": ["))).await;
+                let _ = tx
+                    .send(Ok(bytes::Bytes::from_static(b"{\"id\": 1, \"users\": [")))
+                    .await;
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let _ = tx.send(Err(std::io::Error::other("dropped"))).await;
             });
@@ -289,7 +295,8 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(config_text: &str) -> Harness {
-        let config = Config::parse(config_text, "test config", &secrets()).expect("valid test config");
+        let config =
+            Config::parse(config_text, "test config", &secrets()).expect("valid test config");
         let listener = gcore_gateway::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let admin = gcore_gateway::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -303,9 +310,14 @@ impl Harness {
         )
         .unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(gcore_gateway::run(gw.clone(), listener, admin, async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(gcore_gateway::run(
+            gw.clone(),
+            listener,
+            admin,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Harness {
             addr,
             admin: admin_addr,

@@ -1,0 +1,2 @@
+//! Placeholder replaced by the issue-7 bare hyper server.
+fn main() {}
