@@ -1,0 +1,315 @@
+//! The binary as a subprocess: hash-key, gen-key, check, serve start-up errors, demo.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gcore-gateway");
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("GCORE_GATEWAY_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("gcore-gateway-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn hash_key_abc() {
+    let (code, out, err) = run(&["hash-key", "abc"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n"
+    );
+    assert!(err.contains("shorter than 16 bytes"), "{err}");
+}
+
+#[test]
+fn hash_key_from_stdin_without_warning_for_long_keys() {
+    let mut child = Command::new(BIN)
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a-long-enough-team-key\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        support::hash("a-long-enough-team-key")
+    );
+    assert!(out.stderr.is_empty());
+}
+
+#[test]
+fn gen_key_prints_a_key_and_its_hash() {
+    let (code, out, _) = run(&["gen-key"], &[]);
+    assert_eq!(code, 0);
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key:"))
+        .unwrap()
+        .trim();
+    let hash = out
+        .lines()
+        .find_map(|l| l.strip_prefix("hash:"))
+        .unwrap()
+        .trim();
+    assert!(key.len() >= 43, "at least 32 bytes of entropy, base64url");
+    assert_eq!(hash, support::hash(key));
+    let (_, out2, _) = run(&["gen-key"], &[]);
+    assert_ne!(out, out2);
+}
+
+#[test]
+fn check_accepts_the_shipped_config_and_never_prints_the_secret() {
+    let secret = "9999_theRealUpstreamSecretValue";
+    let (code, out, err) = run(
+        &["check", "--config", "config/gateway.toml"],
+        &[("GCORE_API_KEY", secret)],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("OK"));
+    for word in [
+        "127.0.0.1:8080",
+        "127.0.0.1:9090",
+        "main",
+        "billing",
+        "support",
+        "minimal",
+        "no-contacts",
+        "/iam/clients/me",
+    ] {
+        assert!(out.contains(word), "summary lacks {word}: {out}");
+    }
+    assert!(!out.contains(secret) && !err.contains(secret));
+    assert!(!out.contains("sha256:"), "key hashes are not printed");
+}
+
+#[test]
+fn check_also_reads_the_env_config_path() {
+    let out = Command::new(BIN)
+        .arg("check")
+        .env("GCORE_GATEWAY_CONFIG", "config/gateway.toml")
+        .env("GCORE_API_KEY", "x_y")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+#[test]
+fn check_rejects_broken_configs_naming_the_key() {
+    let good = std::fs::read_to_string("config/gateway.toml").unwrap();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown key",
+            good.replace("shutdown_grace =", "shutdown_grce ="),
+            "shutdown_grce",
+        ),
+        (
+            "bad duration",
+            good.replace("ttl = \"60s\"", "ttl = \"60 parsecs\""),
+            "cache.ttl",
+        ),
+        (
+            "bad rate",
+            good.replace("rate = \"10/s\"", "rate = \"10/d\""),
+            "clients[0].rate",
+        ),
+        (
+            "bad size",
+            good.replace("max_body = \"1MiB\"", "max_body = \"1 lots\""),
+            "upstream.max_body",
+        ),
+        (
+            "plaintext key",
+            good.replace(
+                "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                "my-plaintext-team-key",
+            ),
+            "clients[0].keys[0]",
+        ),
+        (
+            "unknown account",
+            good.replace(
+                "account = \"main\"\n# Optional redaction",
+                "account = \"nope\"\n# Optional redaction",
+            ),
+            "clients[0].account",
+        ),
+        (
+            "unknown profile",
+            good.replace("profile = \"minimal\"", "profile = \"nope\""),
+            "clients[0].profile",
+        ),
+        (
+            "unknown route",
+            good.replace(
+                "routes = [\"/iam/clients/me\"]",
+                "routes = [\"/iam/users\"]",
+            ),
+            "clients[0].routes[0]",
+        ),
+        (
+            "insecure upstream",
+            good.replace("https://api.gcore.com", "http://api.gcore.com"),
+            "upstream.base_url",
+        ),
+        (
+            "bad jsonpath",
+            good.replace("\"$.status\",", "\"$.status[\","),
+            "profiles.minimal.allow[1]",
+        ),
+        (
+            "both secrets",
+            good.replace(
+                "api_key_env = \"GCORE_API_KEY\"",
+                "api_key_env = \"GCORE_API_KEY\"\napi_key_file = \"/x\"",
+            ),
+            "accounts[0]",
+        ),
+        (
+            "toml syntax",
+            good.replace("[server]", "[server"),
+            "line 11",
+        ),
+    ];
+    for (what, text, key) in cases {
+        let p = temp_config(&format!("{}.toml", what.replace(' ', "_")), &text);
+        let (code, out, err) = run(
+            &["check", "--config", p.to_str().unwrap()],
+            &[("GCORE_API_KEY", "k_1")],
+        );
+        assert_eq!(code, 2, "{what}: {out}{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: one line: {err}");
+        assert!(err.contains(key), "{what}: error should name {key}: {err}");
+        assert!(
+            !err.contains("my-plaintext-team-key"),
+            "plaintext key echoed"
+        );
+    }
+    // A missing secret names the variable.
+    let (code, _, err) = run(&["check", "--config", "config/gateway.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("accounts[0].api_key_env") && err.contains("GCORE_API_KEY"),
+        "{err}"
+    );
+    // A missing file names the file.
+    let (code, _, err) = run(&["check", "--config", "/nonexistent/gw.toml"], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/gw.toml"), "{err}");
+}
+
+#[test]
+fn serve_refuses_an_invalid_config_and_a_busy_port() {
+    let (code, _, err) = run(&["serve", "--config", "/nonexistent/gw.toml"], &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/gw.toml"));
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let text = std::fs::read_to_string("config/gateway.toml")
+        .unwrap()
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:9090", "127.0.0.1:0");
+    let p = temp_config("busy.toml", &text);
+    let (code, _, err) = run(
+        &["serve", "--config", p.to_str().unwrap()],
+        &[("GCORE_API_KEY", "k_1")],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("server.listen"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn demo_shows_a_miss_then_a_hit() {
+    let port = {
+        // Find two free consecutive ports (caller N, admin N+1).
+        let mut found = None;
+        for _ in 0..50 {
+            let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let p = a.local_addr().unwrap().port();
+            if p < 65000 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                found = Some(p);
+                break;
+            }
+        }
+        found.unwrap()
+    };
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["demo", "--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/iam/clients/me");
+    let mut ready = false;
+    for _ in 0..100 {
+        if http
+            .get(format!("http://127.0.0.1:{}/readyz", port + 1))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "demo did not become ready");
+    let get = || {
+        http.get(&url)
+            .header("authorization", "APIKey demo-platform-key")
+            .send()
+    };
+    let r1 = get().await.unwrap();
+    assert_eq!(r1.headers()["x-cache"], "MISS");
+    let body: serde_json::Value = serde_json::from_str(&r1.text().await.unwrap()).unwrap();
+    assert_eq!(body["id"], 1204816);
+    let r2 = get().await.unwrap();
+    assert_eq!(r2.headers()["x-cache"], "HIT");
+    let minimal = http
+        .get(&url)
+        .header("x-api-key", "demo-billing-key")
+        .send()
+        .await
+        .unwrap();
+    let minimal: serde_json::Value = serde_json::from_str(&minimal.text().await.unwrap()).unwrap();
+    assert!(minimal.get("users").is_none() && minimal.get("email").is_none());
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let banner = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        banner.contains("demo-platform-key") && banner.contains("curl"),
+        "{banner}"
+    );
+}
