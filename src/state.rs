@@ -267,7 +267,7 @@ pub struct Gateway {
     pub metrics: Metrics,
     pub clock: TokioClock,
     pub ready: AtomicBool,
-    pub source: ConfigSource,
+    source: Mutex<ConfigSource>,
     generation: AtomicU64,
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -295,10 +295,23 @@ impl Gateway {
             metrics: Metrics::new(),
             clock,
             ready: AtomicBool::new(false),
-            source,
+            source: Mutex::new(source),
             generation: AtomicU64::new(1),
             reload_lock: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Where the config is re-read from on reload.
+    pub fn source(&self) -> std::sync::MutexGuard<'_, ConfigSource> {
+        self.source.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces the text of an embedded config source (tests, the demo); the next reload
+    /// validates and applies it. No effect on a file source.
+    pub fn set_embedded_text(&self, new_text: String) {
+        if let ConfigSource::Embedded { text, .. } = &mut *self.source() {
+            *text = new_text;
+        }
     }
 
     /// Re-reads the config source, validates it and swaps it in. On error nothing changes.
@@ -319,7 +332,7 @@ impl Gateway {
     }
 
     async fn reload_inner(&self) -> Result<(), ReloadError> {
-        let source = self.source.clone();
+        let source = self.source().clone();
         let config = tokio::task::spawn_blocking(move || match &source {
             ConfigSource::File(path) => Config::load(path),
             ConfigSource::Embedded { text, origin, env } => Config::parse(text, origin, env),
