@@ -48,10 +48,6 @@ pub struct RedactError;
 /// The replacement for masked strings.
 pub const MASK: &str = "***";
 
-/// How many times removal is re-applied when filter expressions make new matches appear
-/// after a removal; a fixpoint is normally reached on the second pass.
-const MAX_REMOVE_PASSES: usize = 8;
-
 impl Profile {
     /// Compiles a raw profile; errors name the profile, the list, the index and the parser's
     /// message.
@@ -101,32 +97,33 @@ impl Profile {
     }
 
     /// Redacts a parsed document in place.
+    ///
+    /// Every path is evaluated once, against the document as received: `mask` matches are
+    /// replaced, then `remove` matches are deleted deepest and highest index first, so no
+    /// removal shifts another. Paths are not re-evaluated after a removal: re-evaluating
+    /// `$.users[0]` would select the next user each time.
     pub fn apply(&self, doc: &mut Value) {
         match &self.mode {
             Mode::Deny { remove, mask } => {
-                for (_, path) in mask {
-                    for loc in locations(path, doc) {
-                        if let Some(v) = pointer_mut(doc, &loc) {
-                            *v = match v {
-                                Value::String(_) => Value::String(MASK.into()),
-                                _ => Value::Null,
-                            };
-                        }
+                let mut removals: Vec<Vec<Elem>> =
+                    remove.iter().flat_map(|(_, p)| locations(p, doc)).collect();
+                let masks: Vec<Vec<Elem>> =
+                    mask.iter().flat_map(|(_, p)| locations(p, doc)).collect();
+                for loc in &masks {
+                    // A location below an earlier masked container is gone (now null): skipped.
+                    if let Some(v) = pointer_mut(doc, loc) {
+                        *v = match v {
+                            Value::String(_) => Value::String(MASK.into()),
+                            _ => Value::Null,
+                        };
                     }
                 }
-                for _ in 0..MAX_REMOVE_PASSES {
-                    let mut locs: Vec<Vec<Elem>> =
-                        remove.iter().flat_map(|(_, p)| locations(p, doc)).collect();
-                    if locs.is_empty() {
-                        break;
-                    }
-                    // Deepest and highest index first, so earlier removals never shift the
-                    // position of a later one.
-                    locs.sort_unstable();
-                    locs.dedup();
-                    for loc in locs.iter().rev() {
-                        remove_at(doc, loc);
-                    }
+                // Lexicographic order puts a parent before its children and index i before
+                // i+1; walking it backwards removes children first and higher indexes first.
+                removals.sort_unstable();
+                removals.dedup();
+                for loc in removals.iter().rev() {
+                    remove_at(doc, loc);
                 }
             }
             Mode::Allow(allow) => {
@@ -279,6 +276,35 @@ mod tests {
         let mut d = json!({"users": [{"email": "a", "id": 1}, {"email": "b", "id": 2}, {"email": "c", "id": 3}]});
         p.apply(&mut d);
         assert_eq!(d, json!({"users": [{"id": 1}, {"id": 3}]}));
+    }
+
+    #[test]
+    fn positional_paths_select_in_the_document_as_received() {
+        let users = || json!({"users": [{"id": 1}, {"id": 2}, {"id": 3}]});
+        let ids = |d: &Value| {
+            d["users"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["id"].as_i64().unwrap())
+                .collect::<Vec<_>>()
+        };
+        for (path, want) in [
+            ("$.users[0]", vec![2, 3]),
+            ("$.users[1]", vec![1, 3]),
+            ("$.users[2]", vec![1, 2]),
+            ("$.users[-1]", vec![1, 2]),
+            ("$.users[0,2]", vec![2]),
+            ("$.users[0:2]", vec![3]),
+        ] {
+            let mut d = users();
+            profile(&[path], &[], None).apply(&mut d);
+            assert_eq!(ids(&d), want, "{path}");
+        }
+        // Mask and remove both address the document as received.
+        let mut d = users();
+        profile(&["$.users[0]"], &["$.users[1].id"], None).apply(&mut d);
+        assert_eq!(d, json!({"users": [{"id": null}, {"id": 3}]}));
     }
 
     #[test]

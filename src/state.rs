@@ -20,10 +20,6 @@ use crate::metrics::{AccountLabel, Metrics};
 use crate::rate_limit::{AuthThrottle, ClientLimiter, TokioClock, UpstreamBudget};
 use crate::upstream::{Upstream, UpstreamFailure};
 
-/// Consecutive upstream failures of one account that open its circuit.
-pub const BREAKER_THRESHOLD: u32 = 5;
-/// How long an open circuit stays open before one probe is let through.
-pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(15);
 /// How long an upstream 401/403 (our key is bad) is remembered, so a broken key is not hammered.
 pub const NEGATIVE_CACHE: Duration = Duration::from_secs(5);
 
@@ -60,8 +56,10 @@ impl AccountState {
     }
 
     /// Whether an upstream call may be made now. While blocked, returns what to tell callers.
+    /// After a block expires exactly one call (the half-open probe) is let through; the block
+    /// is lifted when it succeeds and renewed when it fails.
     pub fn gate(&self) -> Result<(), UpstreamFailure> {
-        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        let blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((until, why)) = blocked.as_ref() {
             let now = Instant::now();
             if *until > now {
@@ -72,13 +70,12 @@ impl AccountState {
                     },
                 });
             }
-            // Cool-down over: let exactly one probe through (half-open).
             if self.half_open_probe.swap(true, Ordering::AcqRel) {
+                // Another fill is probing; answer from stale or 503 meanwhile.
                 return Err(UpstreamFailure::Paused {
                     retry_after: Duration::from_secs(1),
                 });
             }
-            *blocked = None;
         }
         Ok(())
     }
@@ -86,16 +83,26 @@ impl AccountState {
     /// Records a success: closes the circuit.
     pub fn on_success(&self, metrics: &Metrics) {
         self.consecutive_failures.store(0, Ordering::Release);
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        if blocked.take().is_some() {
+            tracing::info!(account = %self.account.name, "upstream healthy again; circuit closed");
+        }
         self.half_open_probe.store(false, Ordering::Release);
         metrics.breaker_open.get_or_create(&self.label()).set(0);
     }
 
     /// Records a failure; may open the circuit or pause the account.
-    pub fn on_failure(&self, failure: &UpstreamFailure, metrics: &Metrics) {
+    pub fn on_failure(
+        &self,
+        failure: &UpstreamFailure,
+        breaker: (u32, Duration),
+        metrics: &Metrics,
+    ) {
         if failure.is_local() {
             return;
         }
-        self.half_open_probe.store(false, Ordering::Release);
+        let (threshold, cooldown) = breaker;
+        let was_probe = self.half_open_probe.swap(false, Ordering::AcqRel);
         let now = Instant::now();
         let block = match failure {
             UpstreamFailure::RateLimited { retry_after } => {
@@ -111,16 +118,16 @@ impl AccountState {
             }
             _ => {
                 let n = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-                (n >= BREAKER_THRESHOLD).then(|| {
+                (threshold > 0 && (was_probe || n >= threshold)).then(|| {
                     tracing::warn!(
                         account = %self.account.name,
                         failures = n,
-                        cooldown_s = BREAKER_COOLDOWN.as_secs(),
+                        cooldown_ms = cooldown.as_millis() as u64,
                         "circuit opened for account"
                     );
                     metrics.breaker_open.get_or_create(&self.label()).set(1);
                     self.consecutive_failures.store(0, Ordering::Release);
-                    (now + BREAKER_COOLDOWN, failure.clone())
+                    (now + cooldown, failure.clone())
                 })
             }
         };

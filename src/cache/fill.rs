@@ -192,7 +192,8 @@ async fn fetch_into_cache(
             if matches!(f, UpstreamFailure::BudgetExhausted { .. }) {
                 gw.metrics.upstream_budget_exhausted.inc();
             }
-            state.on_failure(&f, &gw.metrics);
+            let up = &rt.config.upstream;
+            state.on_failure(&f, (up.breaker_failures, up.breaker_cooldown), &gw.metrics);
             tracing::warn!(
                 account = %state.account.name,
                 route = %route.path,

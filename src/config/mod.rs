@@ -71,6 +71,10 @@ pub struct UpstreamSettings {
     pub retries: u32,
     pub max_body: usize,
     pub rate: Option<Rate>,
+    /// Consecutive failed fetches of one account that open its circuit; 0 disables.
+    pub breaker_failures: u32,
+    /// How long an open circuit refuses calls before one probe.
+    pub breaker_cooldown: Duration,
 }
 
 /// One upstream (Gcore) key. `Debug` never shows the key (it is a [`SecretString`]).
@@ -459,6 +463,11 @@ impl Validator<'_> {
                 .as_deref()
                 .map(|r| units::rate(r).map_err(|m| self.err("upstream.rate", m)))
                 .transpose()?,
+            breaker_failures: u.circuit_breaker_failures,
+            breaker_cooldown: self.positive(
+                "upstream.circuit_breaker_cooldown",
+                &u.circuit_breaker_cooldown,
+            )?,
         })
     }
 

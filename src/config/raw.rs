@@ -93,6 +93,10 @@ pub struct RawUpstream {
     #[serde(default = "default_max_body")]
     pub max_body: RawSize,
     pub rate: Option<String>,
+    #[serde(default = "default_breaker_failures")]
+    pub circuit_breaker_failures: u32,
+    #[serde(default = "default_breaker_cooldown")]
+    pub circuit_breaker_cooldown: String,
 }
 
 /// One `[[accounts]]` entry.
@@ -223,6 +227,13 @@ fn default_retries() -> u32 {
 /// A `/iam/clients/me` body is a few KiB; 1 MiB leaves room for large accounts.
 fn default_max_body() -> RawSize {
     RawSize::Text("1MiB".into())
+}
+/// Five failures in a row is a pattern, not a blip (one request with retries makes 3 attempts).
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> String {
+    "15s".into()
 }
 fn default_ttl() -> String {
     "60s".into()
