@@ -20,7 +20,8 @@
 //!
 //! Around them: [`config`] (TOML → validated runtime form), [`error`] (the one status table),
 //! [`state`] (the swappable runtime and what survives reloads), [`server`] (sockets, limits,
-//! signals, shutdown), [`admin`] (admin listener), [`metrics`] (Prometheus), [`demo`].
+//! signals, shutdown), [`admin`] (admin listener), [`metrics`] (Prometheus), [`shared`]
+//! (optional Redis: L2 cache, cross-replica lock, distributed GCRA), [`demo`].
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +37,7 @@ pub mod rate_limit;
 pub mod redact;
 pub mod routing;
 pub mod server;
+pub mod shared;
 pub mod state;
 pub mod upstream;
 

@@ -50,6 +50,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
 }
@@ -78,6 +83,9 @@ pub struct Metrics {
     pub config_reloads: Family<ResultLabel, Counter>,
     pub upstream_budget_exhausted: Counter,
     pub connections: Gauge,
+    pub redis_up: Gauge,
+    pub redis_fallback: Family<OpLabel, Counter>,
+    pub l2_hits: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -187,6 +195,24 @@ impl Metrics {
             "Open caller connections",
             connections.clone(),
         );
+        let redis_up = Gauge::default();
+        registry.register(
+            "gateway_redis_up",
+            "1 while Redis answers (shared mode), 0 while the replica runs on its own",
+            redis_up.clone(),
+        );
+        let redis_fallback = Family::<OpLabel, Counter>::default();
+        registry.register(
+            "gateway_redis_fallback",
+            "Redis operations that failed or were skipped, answered locally instead",
+            redis_fallback.clone(),
+        );
+        let l2_hits = Counter::default();
+        registry.register(
+            "gateway_l2_hits",
+            "Fills answered from the shared Redis cache instead of the upstream",
+            l2_hits.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -211,6 +237,9 @@ impl Metrics {
             config_reloads,
             upstream_budget_exhausted,
             connections,
+            redis_up,
+            redis_fallback,
+            l2_hits,
         }
     }
 

@@ -88,7 +88,18 @@ async fn pipeline<B>(
 
     // 2. rate limit
     if let Some(limiter) = &client_rt.limiter {
-        match limiter.check() {
+        // Shared across replicas when Redis is up; the local limiter otherwise.
+        let decision = match &gw.shared {
+            Some(shared) => match shared
+                .rate_limit(&client.name, limiter.rate, limiter.burst)
+                .await
+            {
+                Some(d) => d,
+                None => limiter.check(),
+            },
+            None => limiter.check(),
+        };
+        match decision {
             Ok(info) => *rl_info = Some(info),
             Err((info, retry_after)) => {
                 *rl_info = Some(info);
@@ -179,6 +190,29 @@ fn check_request_shape<B>(rt: &Runtime, req: &Request<B>) -> Result<(), GatewayE
     }
     // Absolute-form and authority-form targets are proxy requests: not ours to serve.
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        return Err(GatewayError::BadRequest);
+    }
+    check_method_and_framing(req)
+}
+
+/// Refusals that need no key and no route: proxy and echo methods (405), any
+/// `Transfer-Encoding` (hyper drops a `Content-Length` sent beside it, so this also covers
+/// CL+TE smuggling attempts; nothing here takes a body anyway), and a body on GET or HEAD (400).
+/// A body is never read, so it can never be forwarded.
+fn check_method_and_framing<B>(req: &Request<B>) -> Result<(), GatewayError> {
+    if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING)
+        || h.get_all(header::CONTENT_LENGTH).iter().count() > 1
+    {
+        return Err(GatewayError::BadRequest);
+    }
+    let has_body = req.extensions().get::<crate::server::HasBody>().is_some()
+        || h.get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    if has_body && (req.method() == Method::GET || req.method() == Method::HEAD) {
         return Err(GatewayError::BadRequest);
     }
     Ok(())

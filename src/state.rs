@@ -39,6 +39,8 @@ pub enum ConfigSource {
 #[derive(Debug)]
 pub struct AccountState {
     pub account: Arc<Account>,
+    /// Names the account in Redis keys (a hash; see `shared::account_tag`).
+    pub tag: String,
     consecutive_failures: AtomicU32,
     /// Until when calls are refused, and what callers are told meanwhile.
     blocked: Mutex<Option<(Instant, UpstreamFailure)>>,
@@ -48,6 +50,7 @@ pub struct AccountState {
 impl AccountState {
     pub fn new(account: Arc<Account>) -> Self {
         Self {
+            tag: crate::shared::account_tag(&account),
             account,
             consecutive_failures: AtomicU32::new(0),
             blocked: Mutex::new(None),
@@ -181,10 +184,14 @@ pub struct Runtime {
     pub clients: Vec<ClientRuntime>,
 }
 
-/// Building a runtime failed (only the TLS backend can fail here).
+/// Building a runtime failed.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the upstream HTTP client: {0}")]
-pub struct RuntimeError(#[from] reqwest::Error);
+pub enum RuntimeError {
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("invalid Redis settings (redis.url): {0}")]
+    Redis(String),
+}
 
 impl Runtime {
     /// Builds a runtime for `config`, reusing what `prev` has that is still valid.
@@ -255,6 +262,23 @@ impl Runtime {
     }
 }
 
+fn same_redis(
+    a: Option<&crate::config::RedisSettings>,
+    b: Option<&crate::config::RedisSettings>,
+) -> bool {
+    use secrecy::ExposeSecret;
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.url.expose_secret() == b.url.expose_secret()
+                && a.key_prefix == b.key_prefix
+                && a.timeout == b.timeout
+                && a.pool_size == b.pool_size
+        }
+        _ => false,
+    }
+}
+
 fn same_upstream_settings(
     a: &crate::config::UpstreamSettings,
     b: &crate::config::UpstreamSettings,
@@ -271,7 +295,9 @@ fn same_upstream_settings(
 pub struct Gateway {
     pub runtime: ArcSwap<Runtime>,
     pub cache: CacheStore,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// Redis sharing, when `[redis]` is configured (fixed until restart).
+    pub shared: Option<Arc<crate::shared::Shared>>,
     pub clock: TokioClock,
     pub ready: AtomicBool,
     source: Mutex<ConfigSource>,
@@ -295,11 +321,20 @@ impl Gateway {
     pub fn new(config: Config, source: ConfigSource) -> Result<Arc<Gateway>, RuntimeError> {
         let clock = TokioClock::default();
         let cache = CacheStore::new(config.cache.max_size, config.max_retention());
+        let metrics = Arc::new(Metrics::new());
+        let shared = match &config.redis {
+            Some(r) => Some(
+                crate::shared::Shared::start(r, metrics.clone())
+                    .map_err(|e| RuntimeError::Redis(format!("{:?}", e.kind())))?,
+            ),
+            None => None,
+        };
         let runtime = Runtime::build(config, 1, None, &clock)?;
         Ok(Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             cache,
-            metrics: Metrics::new(),
+            metrics,
+            shared,
             clock,
             ready: AtomicBool::new(false),
             source: Mutex::new(source),
@@ -352,6 +387,9 @@ impl Gateway {
         }
         if config.server.admin_listen != old.config.server.admin_listen {
             return Err(ReloadError::NeedsRestart("server.admin_listen"));
+        }
+        if !same_redis(config.redis.as_ref(), old.config.redis.as_ref()) {
+            return Err(ReloadError::NeedsRestart("[redis]"));
         }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let new = Runtime::build(config, generation, Some(&old), &self.clock)?;

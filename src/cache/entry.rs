@@ -88,6 +88,29 @@ impl Entry {
         }
     }
 
+    /// An answer another replica fetched `age` ago at wall-clock time `fetched_wall`.
+    pub fn from_shared(
+        body: Bytes,
+        fetched_wall: SystemTime,
+        ttl: Duration,
+        generation: u64,
+        profiles: usize,
+    ) -> Entry {
+        let age = SystemTime::now()
+            .duration_since(fetched_wall)
+            .unwrap_or(Duration::ZERO);
+        let now = Instant::now();
+        let mut e = Entry::new(
+            body,
+            now.checked_sub(age).unwrap_or(now),
+            ttl,
+            generation,
+            profiles,
+        );
+        e.fetched_wall = fetched_wall;
+        e
+    }
+
     /// The same answer for another config generation (renders dropped; profiles may differ).
     pub fn rebase(&self, generation: u64, profiles: usize, ttl: Duration) -> Entry {
         Entry {

@@ -8,12 +8,14 @@
 
 use futures_util::FutureExt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{CacheKey, CacheStatus, CacheStore, Entry, FillResult, Flight, Freshness};
 use crate::config::Route;
 use crate::metrics::{AccountLabel, UpstreamLabels};
-use crate::state::{Gateway, Runtime};
+use crate::shared::{Lock, Shared, POLL_EVERY};
+use crate::state::{AccountState, Gateway, Runtime};
 use crate::upstream::UpstreamFailure;
 
 /// What to fetch: the key plus what the fill needs from the request's config generation.
@@ -125,6 +127,113 @@ async fn fetch_into_cache(
         return Ok(e);
     }
     let state = &rt.accounts[account];
+    let Some(shared) = &gw.shared else {
+        return fetch_upstream(gw, rt, key, state, route, deadline).await;
+    };
+    let token = match shared_step(gw, rt, shared, key, state, route, deadline).await {
+        SharedStep::Served(e) => return Ok(e),
+        SharedStep::Fetch(token) => token,
+    };
+    let result = fetch_upstream(gw, rt, key, state, route, deadline).await;
+    if let Ok(e) = &result {
+        shared
+            .put(
+                key,
+                &state.tag,
+                &e.raw.body,
+                e.fetched_wall,
+                rt.config.max_retention(),
+            )
+            .await;
+    }
+    if let Some(t) = token {
+        shared.unlock(key, &state.tag, &t).await;
+    }
+    result
+}
+
+enum SharedStep {
+    /// Another replica's answer, now also in L1.
+    Served(Arc<Entry>),
+    /// Call the upstream ourselves (holding the lock when `Some`).
+    Fetch(Option<String>),
+}
+
+/// The cross-replica part of a fill: a fresh L2 copy, or the lock, or waiting for the replica
+/// that holds it. Falls back to a local fetch when Redis is unavailable, when the holder
+/// finishes without a fresh copy (it failed), or when the deadline nears.
+async fn shared_step(
+    gw: &Gateway,
+    rt: &Runtime,
+    shared: &Shared,
+    key: &CacheKey,
+    state: &AccountState,
+    route: &Route,
+    deadline: Instant,
+) -> SharedStep {
+    if let Some(e) = l2_fresh(gw, rt, shared, key, state, route).await {
+        return SharedStep::Served(e);
+    }
+    let up = &rt.config.upstream;
+    let lock_ttl = (up.timeout * (up.retries + 1) + Duration::from_secs(1))
+        .min(rt.config.server.request_timeout);
+    loop {
+        match shared.lock(key, &state.tag, lock_ttl).await {
+            Lock::Acquired(token) => return SharedStep::Fetch(Some(token)),
+            Lock::Unavailable => return SharedStep::Fetch(None),
+            Lock::Held => {}
+        }
+        loop {
+            if Instant::now() + POLL_EVERY >= deadline {
+                return SharedStep::Fetch(None);
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+            if let Some(e) = l2_fresh(gw, rt, shared, key, state, route).await {
+                return SharedStep::Served(e);
+            }
+            match shared.lock_held(key, &state.tag).await {
+                Some(true) => continue,
+                // Released (or expired) without a fresh copy: try to take over.
+                Some(false) => break,
+                None => return SharedStep::Fetch(None),
+            }
+        }
+    }
+}
+
+async fn l2_fresh(
+    gw: &Gateway,
+    rt: &Runtime,
+    shared: &Shared,
+    key: &CacheKey,
+    state: &AccountState,
+    route: &Route,
+) -> Option<Arc<Entry>> {
+    let v = shared.get(key, &state.tag).await?;
+    let e = Entry::from_shared(
+        v.body,
+        v.fetched_wall,
+        route.ttl,
+        rt.generation,
+        rt.config.profiles.len(),
+    );
+    if e.age(Instant::now()) >= e.ttl {
+        return None;
+    }
+    let e = Arc::new(e);
+    gw.metrics.l2_hits.inc();
+    gw.cache.insert(key.clone(), e.clone()).await;
+    Some(e)
+}
+
+async fn fetch_upstream(
+    gw: &Gateway,
+    rt: &Runtime,
+    key: &CacheKey,
+    state: &AccountState,
+    route: &Route,
+    deadline: Instant,
+) -> FillResult {
     let labels = |outcome| UpstreamLabels {
         account: state.account.name.clone(),
         route: route.path.clone(),

@@ -1,0 +1,304 @@
+//! Issue 9: replicas sharing one cache, one upstream call and one rate limit through a real
+//! Redis. Each test starts its own `redis-server` on a free port (never a Redis it did not
+//! start); a missing `redis-server` binary fails loudly (scripts/test.sh installs it).
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+const ME: &str = "/iam/clients/me";
+
+struct Redis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        let r = Redis {
+            port,
+            child: Some(child),
+        };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not start on {port}");
+    }
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Redis::start_on(port)
+    }
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn shared_config(up: &FakeUpstream, redis: &Redis, extra: &str) -> String {
+    config(
+        &up.url(),
+        &format!("{extra}\n[redis]\nurl = \"{}\"\nkey_prefix = \"test:\"\ntimeout = \"200ms\"\npool_size = 2\n", redis.url()),
+    )
+}
+
+async fn wait_redis_up(gws: &[&Harness]) {
+    for _ in 0..300 {
+        if gws
+            .iter()
+            .all(|g| g.gw.shared.as_ref().is_some_and(|s| s.is_up()))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("gateways did not connect to Redis");
+}
+
+async fn metrics(gw: &Harness) -> String {
+    gw.http
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn three_replicas_300_cold_requests_one_upstream_call() {
+    let redis = Redis::start();
+    let up = FakeUpstream::start().await;
+    up.set_delay(Duration::from_millis(300));
+    let cfg = shared_config(&up, &redis, "");
+    let gws = [
+        Harness::start(&cfg).await,
+        Harness::start(&cfg).await,
+        Harness::start(&cfg).await,
+    ];
+    wait_redis_up(&gws.iter().collect::<Vec<_>>()).await;
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let g = &gws[i % 3];
+        let (http, url) = (g.http.clone(), g.url(ME));
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .get(url)
+                .header("x-api-key", KEY_ALPHA)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, body_for("A", 1));
+    }
+    assert_eq!(up.calls(), 1, "one upstream call for three replicas");
+    let l2: f64 = {
+        let mut n = 0.0;
+        for g in &gws {
+            let m = metrics(g).await;
+            assert!(m.contains("gateway_redis_up 1"), "{m}");
+            n += m
+                .lines()
+                .find_map(|l| l.strip_prefix("gateway_l2_hits_total "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+        n
+    };
+    assert_eq!(l2, 2.0, "the two other replicas were filled from Redis");
+    for g in gws {
+        g.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_10_holds_across_three_replicas() {
+    let redis = Redis::start();
+    let up = FakeUpstream::start().await;
+    let cfg = shared_config(&up, &redis, "").replace(
+        "name = \"alpha\"\nkeys",
+        "name = \"alpha\"\nrate = \"1/m\"\nburst = 10\nkeys",
+    );
+    let gws = [
+        Harness::start(&cfg).await,
+        Harness::start(&cfg).await,
+        Harness::start(&cfg).await,
+    ];
+    wait_redis_up(&gws.iter().collect::<Vec<_>>()).await;
+    let mut tasks = Vec::new();
+    for i in 0..45 {
+        let g = &gws[i % 3];
+        let (http, url) = (g.http.clone(), g.url(ME));
+        tasks.push(tokio::spawn(async move {
+            let r = http
+                .get(url)
+                .header("x-api-key", KEY_ALPHA)
+                .send()
+                .await
+                .unwrap();
+            let remaining = r
+                .headers()
+                .get("ratelimit-remaining")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), remaining)
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let (status, remaining) = t.await.unwrap();
+        assert!(remaining.is_some(), "RateLimit headers in shared mode too");
+        match status {
+            200 => ok += 1,
+            429 => {}
+            s => panic!("unexpected {s}"),
+        }
+    }
+    assert_eq!(ok, 10, "exactly the burst across all replicas");
+    for g in gws {
+        g.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn redis_down_callers_still_served_then_shared_again() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let up = FakeUpstream::start().await;
+    let cfg = shared_config(&up, &redis, "").replace(
+        "name = \"alpha\"\nkeys",
+        "name = \"alpha\"\nrate = \"100/s\"\nkeys",
+    );
+    let g1 = Harness::start(&cfg).await;
+    let g2 = Harness::start(&cfg).await;
+    wait_redis_up(&[&g1, &g2]).await;
+    assert_eq!(g1.get(ME, KEY_ALPHA).await.status(), 200);
+    assert_eq!(up.calls(), 1);
+    redis.stop();
+    // Redis is gone: both replicas keep answering, from L1 or their own upstream call.
+    for _ in 0..5 {
+        let r = g1.get(ME, KEY_ALPHA).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-cache"), "HIT");
+    }
+    let started = std::time::Instant::now();
+    let r = g2.get(ME, KEY_ALPHA).await;
+    assert_eq!(r.status(), 200, "served without Redis");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let m = metrics(&g2).await;
+    assert!(m.contains("gateway_redis_up 0"), "{m}");
+    assert!(m.contains("gateway_redis_fallback_total"), "{m}");
+    // Redis is back on the same port: shared again.
+    let _redis = Redis::start_on(port);
+    g1.gw.cache.purge(None);
+    g2.gw.cache.purge(None);
+    let mut shared_again = false;
+    for _ in 0..100 {
+        let _ = g1.get(ME, KEY_ALPHA).await;
+        if g1.gw.shared.as_ref().unwrap().is_up() {
+            shared_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(shared_again, "the replica went back to shared mode");
+    g1.gw.cache.purge(None);
+    let before = up.calls();
+    assert_eq!(g1.get(ME, KEY_ALPHA).await.status(), 200);
+    g2.gw.cache.purge(None);
+    for _ in 0..50 {
+        if g2.gw.shared.as_ref().unwrap().is_up() {
+            break;
+        }
+        let _ = g2.get(ME, KEY_BETA).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls_b = up.calls();
+    let r = g2.get(ME, KEY_ALPHA).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.calls(), calls_b, "g2 took g1's answer from Redis");
+    assert!(up.calls() <= before + 2);
+    g1.stop().await;
+    g2.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_lock_holder_is_taken_over_after_expiry() {
+    let redis = Redis::start();
+    let up = FakeUpstream::start().await;
+    // Lock TTL = upstream.timeout * (retries + 1) + 1 s, capped by request_timeout (3 s).
+    let cfg = shared_config(&up, &redis, "").replace("timeout = \"2s\"", "timeout = \"500ms\"");
+    let g = Harness::start(&cfg).await;
+    wait_redis_up(&[&g]).await;
+    // Another replica took the fill lock and died: its lock stays until it expires.
+    let tag = gcore_gateway::shared::account_tag(&g.gw.runtime.load().config.accounts[0]);
+    let lock_key = format!("test:l:{tag}:{ME}");
+    let out = Command::new("redis-cli")
+        .args([
+            "-p",
+            &redis.port.to_string(),
+            "SET",
+            &lock_key,
+            "dead-replica",
+            "NX",
+            "PX",
+            "1200",
+        ])
+        .output()
+        .expect("redis-cli");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
+    let started = std::time::Instant::now();
+    let r = g.get(ME, KEY_ALPHA).await;
+    let waited = started.elapsed();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.calls(), 1, "this replica fetched after taking over");
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "waited for the expiry: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_millis(2900),
+        "but not for the whole request timeout: {waited:?}"
+    );
+    g.stop().await;
+}
