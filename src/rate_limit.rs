@@ -233,6 +233,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn per_ip_state_is_pruned() {
+        let t = AuthThrottle::new(rate("30/m").unwrap(), TokioClock::default());
+        for i in 0..5000u32 {
+            let _ = t.record_failure(IpAddr::from(i.to_be_bytes()));
+        }
+        assert_eq!(t.tracked(), 5000);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        t.prune();
+        assert_eq!(
+            t.tracked(),
+            0,
+            "a flood of addresses leaves no state behind"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn auth_throttle_blocks_then_recovers() {
         let t = AuthThrottle::new(rate("3/m").unwrap(), TokioClock::default());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
