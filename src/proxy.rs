@@ -319,39 +319,16 @@ fn respond<B>(
     resp
 }
 
+/// `private, max-age=N` built on the stack (no heap formatting on the hit path).
 fn cache_control(max_age: u64) -> HeaderValue {
-    let mut buf = itoa_buf::Buf::new();
-    HeaderValue::from_str(buf.cache_control(max_age))
+    const PREFIX: &[u8] = b"private, max-age=";
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(max_age).as_bytes();
+    let mut buf = [0u8; PREFIX.len() + 20];
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    buf[PREFIX.len()..PREFIX.len() + digits.len()].copy_from_slice(digits);
+    HeaderValue::from_bytes(&buf[..PREFIX.len() + digits.len()])
         .unwrap_or(HeaderValue::from_static("private, max-age=0"))
-}
-
-mod itoa_buf {
-    //! `private, max-age=N` without a heap allocation.
-    pub struct Buf([u8; 40], usize);
-    impl Buf {
-        pub fn new() -> Self {
-            Buf([0; 40], 0)
-        }
-        pub fn cache_control(&mut self, n: u64) -> &str {
-            const PREFIX: &[u8] = b"private, max-age=";
-            self.0[..PREFIX.len()].copy_from_slice(PREFIX);
-            let mut digits = [0u8; 20];
-            let mut i = digits.len();
-            let mut v = n;
-            loop {
-                i -= 1;
-                digits[i] = b'0' + (v % 10) as u8;
-                v /= 10;
-                if v == 0 {
-                    break;
-                }
-            }
-            let d = &digits[i..];
-            self.0[PREFIX.len()..PREFIX.len() + d.len()].copy_from_slice(d);
-            self.1 = PREFIX.len() + d.len();
-            std::str::from_utf8(&self.0[..self.1]).unwrap_or("private, max-age=0")
-        }
-    }
 }
 
 /// `If-None-Match` semantics (weak comparison): `*` or any listed tag equal to ours.
