@@ -302,3 +302,54 @@ async fn a_dead_lock_holder_is_taken_over_after_expiry() {
     );
     g.stop().await;
 }
+
+/// The same cold load (300 requests, 300 ms upstream) on 1 replica, on 3 replicas without
+/// Redis, and on 3 replicas with Redis: upstream calls 1, 3, 1.
+#[tokio::test]
+async fn upstream_calls_one_vs_three_replicas() {
+    async fn storm(gws: &[&Harness]) {
+        let mut tasks = Vec::new();
+        for i in 0..300 {
+            let g = gws[i % gws.len()];
+            let (http, url) = (g.http.clone(), g.url(ME));
+            tasks.push(tokio::spawn(async move {
+                http.get(url)
+                    .header("x-api-key", KEY_ALPHA)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 200);
+        }
+    }
+    let redis = Redis::start();
+    let mut counts = Vec::new();
+    for (replicas, with_redis) in [(1, false), (3, false), (3, true)] {
+        let up = FakeUpstream::start().await;
+        up.set_delay(Duration::from_millis(300));
+        let cfg = if with_redis {
+            shared_config(&up, &redis, "")
+        } else {
+            config(&up.url(), "")
+        };
+        let mut gws = Vec::new();
+        for _ in 0..replicas {
+            gws.push(Harness::start(&cfg).await);
+        }
+        let refs: Vec<&Harness> = gws.iter().collect();
+        if with_redis {
+            wait_redis_up(&refs).await;
+        }
+        storm(&refs).await;
+        counts.push(up.calls());
+        for g in gws {
+            g.stop().await;
+        }
+    }
+    println!("upstream calls for 300 cold requests: 1 replica {}, 3 replicas without Redis {}, 3 replicas with Redis {}", counts[0], counts[1], counts[2]);
+    assert_eq!(counts, vec![1, 3, 1]);
+}
