@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         Command::HashKey { key } => hash_key(key),
         Command::GenKey => {
             let key = generate_key();
-            println!("key:  {key}\nhash: {}", KeyHash::of(key.as_bytes()));
+            out(&format!("key:  {key}\nhash: {}\n", KeyHash::of(key.as_bytes())));
             Ok(())
         }
         Command::Demo { port } => demo_cmd(port, cli.log_format),
@@ -103,18 +103,18 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
-            println!("{}: OK", path.display());
-            print!("{}", config.summary());
+            let mut text = format!("{}: OK\n{}", path.display(), config.summary());
             let example: serde_json::Value =
                 serde_json::from_str(demo::CLIENTS_ME).unwrap_or(serde_json::Value::Null);
             for p in &config.profiles {
                 for (list, path) in p.unmatched(&example) {
-                    println!(
-                        "warning: profiles.{}.{list}: {path:?} matches nothing in the example Gcore profile (typo?)",
+                    text.push_str(&format!(
+                        "warning: profiles.{}.{list}: {path:?} matches nothing in the example Gcore profile (typo?)\n",
                         p.name
-                    );
+                    ));
                 }
             }
+            out(&text);
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -122,6 +122,12 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_INVALID)
         }
     }
+}
+
+/// Writes to stdout, ignoring a closed pipe (`check | head -1` must not panic).
+fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
 }
 
 fn hash_key(key: Option<String>) -> anyhow::Result<()> {
@@ -236,7 +242,7 @@ fn demo_cmd(port: u16, log: Option<LogFormat>) -> anyhow::Result<()> {
         let admin = server::bind(([127, 0, 0, 1], admin_port).into())
             .with_context(|| format!("cannot listen on 127.0.0.1:{admin_port} (use --port)"))?;
         let gw = demo::gateway(demo::config_text(port, upstream))?;
-        println!("{}", demo::banner(port, upstream));
+        out(&format!("{}\n", demo::banner(port, upstream)));
         server::spawn_reload_on_sighup(gw.clone());
         server::run(gw, listener, admin, server::shutdown_signal()).await?;
         Ok(())
