@@ -62,16 +62,24 @@ impl AccountState {
     /// After a block expires exactly one call (the half-open probe) is let through; the block
     /// is lifted when it succeeds and renewed when it fails.
     pub fn gate(&self) -> Result<(), UpstreamFailure> {
-        let blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((until, why)) = blocked.as_ref() {
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((until, why)) = blocked.clone() {
             let now = Instant::now();
-            if *until > now {
+            if until > now {
                 return Err(match why {
-                    UpstreamFailure::Unauthorized(s) => UpstreamFailure::Unauthorized(*s),
+                    UpstreamFailure::Unauthorized(s) => UpstreamFailure::Unauthorized(s),
                     _ => UpstreamFailure::Paused {
-                        retry_after: *until - now,
+                        retry_after: until - now,
                     },
                 });
+            }
+            if matches!(
+                why,
+                UpstreamFailure::RateLimited { .. } | UpstreamFailure::Unauthorized(_)
+            ) {
+                // A pause (429) or the bad-key negative cache ran out: not a breaker state.
+                *blocked = None;
+                return Ok(());
             }
             if self.half_open_probe.swap(true, Ordering::AcqRel) {
                 // Another fill is probing; answer from stale or 503 meanwhile.
