@@ -94,12 +94,10 @@ fn account_a() -> Value {
     parse(&body_for("A", 1))
 }
 
-/// What `minimal` must produce: the reference output, minus `freeFeatures.CLOUD = []`, which an
-/// allow-list of `$.freeFeatures.*[*].…` cannot keep (an empty array has no element to match).
+/// What `minimal` must produce: exactly the reference output (the shipped profile keeps the
+/// empty feature lists through a filter path).
 fn minimal_expected() -> Value {
-    let mut v = parse(REDACTED);
-    v["freeFeatures"].as_object_mut().unwrap().remove("CLOUD");
-    v
+    parse(REDACTED)
 }
 
 /// Every object key anywhere in `v`, with the value under it.
@@ -488,17 +486,14 @@ fn a_body_that_cannot_be_redacted_is_never_served_through_a_profile() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn shipped_minimal_is_the_reference_output_but_for_empty_feature_lists() {
+fn shipped_minimal_is_exactly_the_reference_output() {
     let config = shipped_config();
     let minimal = shipped_profile(&config, "minimal");
     let text = minimal.render(CLIENTS_ME.as_bytes()).unwrap();
     let got: Value = serde_json::from_slice(&text).unwrap();
     assert_no_contacts(std::str::from_utf8(&text).unwrap());
 
-    // The one documented difference from clients_me.redacted.json.
-    let reference = parse(REDACTED);
-    assert_eq!(reference["freeFeatures"]["CLOUD"], json!([]));
-    assert!(got["freeFeatures"].get("CLOUD").is_none());
+    assert_eq!(got["freeFeatures"]["CLOUD"], json!([]));
     assert_eq!(got, minimal_expected());
 
     // Only the allowed top-level keys, whatever else Gcore sends.
@@ -508,33 +503,6 @@ fn shipped_minimal_is_the_reference_output_but_for_empty_feature_lists() {
     let mut doc = extended;
     minimal.apply(&mut doc);
     assert_eq!(doc, minimal_expected());
-}
-
-/// The documented way to keep empty feature lists: allow them by a filter as well. With it the
-/// output is exactly the reference.
-#[test]
-fn minimal_plus_empty_lists_is_exactly_the_reference_output() {
-    let raw: toml::Table = SHIPPED.parse().unwrap();
-    let allow: Vec<String> = raw["profiles"]["minimal"]["allow"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap().to_string())
-        .chain([
-            "$.paidFeatures[?length(@) == 0]".to_string(),
-            "$.freeFeatures[?length(@) == 0]".to_string(),
-        ])
-        .collect();
-    let p = Profile::compile(
-        "minimal",
-        &RawProfile {
-            allow: Some(allow),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let got: Value = serde_json::from_slice(&p.render(CLIENTS_ME.as_bytes()).unwrap()).unwrap();
-    assert_eq!(got, parse(REDACTED));
 }
 
 #[test]
@@ -547,7 +515,7 @@ fn shipped_no_contacts_drops_contacts_and_posture_and_keeps_the_rest() {
     let original = parse(CLIENTS_ME);
 
     // Dropped: contact data of the account owner and of every user, and security posture.
-    for k in ["email", "phone", "name", "has_active_admin"] {
+    for k in ["email", "phone", "name", "has_active_admin", "currentUser"] {
         assert!(got.get(k).is_none(), "top-level {k} kept");
     }
     let users = got["users"].as_array().unwrap();
@@ -561,6 +529,7 @@ fn shipped_no_contacts_drops_contacts_and_posture_and_keeps_the_rest() {
             "sso_auth",
             "auth_types",
             "activated",
+            "groups",
         ] {
             assert!(u.get(k).is_none(), "users[].{k} kept: {u}");
         }
