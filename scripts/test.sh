@@ -14,4 +14,4 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 command -v redis-server >/dev/null 2>&1 || { echo "test.sh: redis-server is required" >&2; exit 1; }
 
-cargo test --locked --all-targets "$@"
+cargo test --locked "$@"

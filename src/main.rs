@@ -77,7 +77,10 @@ fn main() -> ExitCode {
         Command::HashKey { key } => hash_key(key),
         Command::GenKey => {
             let key = generate_key();
-            out(&format!("key:  {key}\nhash: {}\n", KeyHash::of(key.as_bytes())));
+            out(&format!(
+                "key:  {key}\nhash: {}\n",
+                KeyHash::of(key.as_bytes())
+            ));
             Ok(())
         }
         Command::Demo { port } => demo_cmd(port, cli.log_format),
@@ -127,7 +130,9 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// Writes to stdout, ignoring a closed pipe (`check | head -1` must not panic).
 fn out(text: &str) {
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
 }
 
 fn hash_key(key: Option<String>) -> anyhow::Result<()> {
@@ -213,6 +218,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn serve(path: PathBuf, log: Option<LogFormat>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     init_tracing(log);
+    server::install_panic_hook();
     let rt = runtime()?;
     rt.block_on(async move {
         let (listen, admin_listen) = (config.server.listen, config.server.admin_listen);
@@ -231,6 +237,7 @@ fn serve(path: PathBuf, log: Option<LogFormat>) -> anyhow::Result<()> {
 
 fn demo_cmd(port: u16, log: Option<LogFormat>) -> anyhow::Result<()> {
     init_tracing(log.or(Some(LogFormat::Pretty)));
+    server::install_panic_hook();
     let rt = runtime()?;
     rt.block_on(async move {
         let upstream = demo::start_fake_upstream()

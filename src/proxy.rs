@@ -188,8 +188,10 @@ fn check_request_shape<B>(rt: &Runtime, req: &Request<B>) -> Result<(), GatewayE
     if header_bytes > limits.max_header_bytes {
         return Err(GatewayError::HeadersTooLarge);
     }
-    // Absolute-form and authority-form targets are proxy requests: not ours to serve.
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+    // Absolute-form and authority-form targets are proxy requests: not ours to serve. (An
+    // HTTP/2 request always carries :scheme and :authority; its target is :path.)
+    let proxy_form = req.uri().scheme().is_some() || req.uri().authority().is_some();
+    if proxy_form && req.version() < http::Version::HTTP_2 {
         return Err(GatewayError::BadRequest);
     }
     check_method_and_framing(req)

@@ -13,9 +13,12 @@ use std::borrow::Cow;
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadPath;
 
-/// Normalises a raw request path: percent-decodes, collapses empty segments (`//`), resolves
-/// `.` and `..`. Fails on an encoded `/` or `\`, control bytes, invalid UTF-8, a `..` that
-/// climbs above the root, or a path not starting with `/`.
+/// Normalises a raw request path: percent-decodes once, collapses empty segments (`//`),
+/// resolves `.` and `..` (RFC 3986 §5.2.4: a trailing `/`, `/.` or `/..` leaves a trailing
+/// slash, which no route has). Fails on an encoded `/` or `\`, a `%` left after decoding
+/// (double encoding such as `%252e` or `%%32e`, or a stray `%`), control bytes, invalid UTF-8,
+/// a `..` that climbs above the root, or a path not starting with `/`. The result is a fixed
+/// point: normalising it again returns it unchanged (borrowed).
 pub fn normalize(raw: &str) -> Result<Cow<'_, str>, BadPath> {
     if !raw.starts_with('/') {
         return Err(BadPath);
@@ -31,8 +34,9 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, BadPath> {
         return Ok(Cow::Borrowed(raw));
     }
     let decoded = percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>();
-    // An encoded '%' that decodes to another escape is double encoding: refuse it too.
-    if decoded.contains(&b'%') && raw.contains("%25") {
+    // A '%' that survives one decoding is double encoding (`%252e`, `%%32e`) or a stray '%':
+    // no route contains one, and a second decoder down the line must find nothing to decode.
+    if decoded.contains(&b'%') {
         return Err(BadPath);
     }
     let decoded = String::from_utf8(decoded).map_err(|_| BadPath)?;
@@ -45,7 +49,10 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, BadPath> {
         return Err(BadPath);
     }
     let mut segments: Vec<&str> = Vec::new();
-    for seg in decoded.split('/') {
+    // Whether the path ends in a directory position (`/`, `/.`, `/..`), as RFC 3986 keeps it.
+    let mut trailing_slash = false;
+    for seg in decoded.split('/').skip(1) {
+        trailing_slash = matches!(seg, "" | "." | "..");
         match seg {
             "" | "." => {}
             ".." => {
@@ -59,7 +66,7 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, BadPath> {
         out.push('/');
         out.push_str(s);
     }
-    if out.is_empty() {
+    if out.is_empty() || trailing_slash {
         out.push('/');
     }
     Ok(Cow::Owned(out))
@@ -138,6 +145,18 @@ mod tests {
         assert_eq!(n("/iam/%252e%252e/x"), Err(BadPath));
         assert_eq!(n("/iam/clients/%ff"), Err(BadPath));
         assert_eq!(n("iam/clients/me"), Err(BadPath));
+        // Double encoding in any spelling, and stray percents.
+        assert_eq!(n("/iam/%%32e%%32e/x"), Err(BadPath));
+        assert_eq!(n("/iam/clients/%%36de"), Err(BadPath));
+        assert_eq!(n("/iam/clients/me%"), Err(BadPath));
+        // A trailing slash survives, however it is spelt; the root stays the root.
+        assert_eq!(n("/iam/clients/me/").unwrap(), "/iam/clients/me/");
+        assert_eq!(n("/iam/clients/me/.").unwrap(), "/iam/clients/me/");
+        assert_eq!(n("/iam/clients/me//").unwrap(), "/iam/clients/me/");
+        assert_eq!(n("/iam/clients/me/x/..").unwrap(), "/iam/clients/me/");
+        assert_eq!(n("/iam/..").unwrap(), "/");
+        assert_eq!(n("//").unwrap(), "/");
+        assert_eq!(n("/").unwrap(), "/");
     }
 
     #[test]

@@ -1,28 +1,53 @@
-//! Sockets: binding, serving both listeners, connection limits, signals and graceful shutdown.
+//! Sockets: binding, serving both listeners, connection and request limits, signals and
+//! graceful shutdown.
 //!
-//! The caller port is served by hyper directly (HTTP/1.1 and h2c through `hyper-util`'s auto
-//! builder) with the header-read timeout, header-size bound and connection cap from
-//! `[server]`; every request goes to `proxy::handle` inside a panic guard. The admin port is
-//! an axum router (`admin`). Nothing here decides what a request means.
+//! The caller port is served by hyper directly: HTTP/1.1 and prior-knowledge h2c through
+//! `hyper-util`'s auto builder (no `Upgrade: h2c`, no CONNECT tunnels). Around every connection:
+//!
+//! * a slot of `server.max_connections`, taken *before* `accept`, so excess connections wait in
+//!   the kernel backlog instead of in a queue of ours;
+//! * a watchdog ([`ConnClock`]) that closes the connection when a request head takes longer
+//!   than `server.header_read_timeout` (counted from connect, and on HTTP/1.1 from the first
+//!   byte of each later request) or when no request has been in flight for
+//!   `server.keep_alive_timeout`. hyper's own `header_read_timeout` is deliberately not used:
+//!   it also runs while a keep-alive connection sits idle, which would cut every idle period
+//!   down to the header timeout.
+//!
+//! Around every request: a slot of the in-flight cap taken without waiting (none free → 503 at
+//! once), a [`HasBody`] marker so that `proxy` can refuse GET/HEAD bodies (bodies are never
+//! read, so never forwarded), a panic guard (500 `internal`, the process keeps serving) and a
+//! `server.request_timeout` backstop. Requests that carried a body or `Transfer-Encoding` are
+//! answered with `Connection: close`, so no byte after a refused head is ever parsed as a
+//! request. hyper itself answers malformed heads: 400 for invalid bytes, unknown versions, bad
+//! framing and conflicting `Content-Length`s, 431 for heads beyond the read buffer or with
+//! more than [`MAX_HEADERS`] lines. The admin port is an axum router (`admin`). Nothing here
+//! decides what a request means.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
+use http::{HeaderValue, Request, Response, Version};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Notify, Semaphore};
+use tokio::time::Instant;
 
+use crate::config::ServerSettings;
 use crate::error::GatewayError;
+use crate::metrics::RequestLabels;
 use crate::state::Gateway;
 
 /// Listen backlog: large enough that a storm of new connections queues instead of being
@@ -30,6 +55,54 @@ use crate::state::Gateway;
 const BACKLOG: u32 = 4096;
 /// How often limiter state for idle source IPs is pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Most header lines in an HTTP/1.1 request head (hyper's default, written down): more is 431.
+pub const MAX_HEADERS: usize = 100;
+/// Concurrent streams per HTTP/2 connection; the in-flight cap bounds the total anyway.
+const H2_MAX_STREAMS: u32 = 256;
+/// Upper bound on `max_connections` and the in-flight cap: far above any file-descriptor
+/// limit, and it keeps a huge configured value from overflowing the semaphores.
+const MAX_SLOTS: usize = 1 << 20;
+/// The request-timeout backstop fires this long after `server.request_timeout`, so that the
+/// handler's own deadline (which knows what it was waiting for) normally answers first.
+const REQUEST_TIMEOUT_SLACK: Duration = Duration::from_secs(1);
+/// An idle connection asked to close gets this long to say goodbye (HTTP/2 GOAWAY).
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// After `shutdown_grace`, connections still open are dropped; this bounds waiting for that.
+const FORCE_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Marks a request that came with a body (any bytes after the head). Inserted into the
+/// request's extensions before `proxy` sees it; `proxy` refuses such GET and HEAD requests.
+/// The body itself is never read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HasBody;
+
+/// The caller-port limits, read from `[server]` once when serving starts (a reload does not
+/// change them; `request_timeout` is re-read per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub max_connections: usize,
+    /// Requests being handled at once, over all connections (HTTP/2 multiplexes many per
+    /// connection). Equal to `max_connections`: one per HTTP/1.1 connection at most.
+    pub max_in_flight: usize,
+    pub max_header_bytes: usize,
+    pub max_uri_bytes: usize,
+}
+
+impl Limits {
+    pub fn from_settings(s: &ServerSettings) -> Limits {
+        let max_connections = s.max_connections.clamp(1, MAX_SLOTS);
+        Limits {
+            header_read_timeout: s.header_read_timeout,
+            keep_alive_timeout: s.keep_alive_timeout,
+            max_connections,
+            max_in_flight: max_connections,
+            max_header_bytes: s.max_header_bytes,
+            max_uri_bytes: s.max_uri_bytes,
+        }
+    }
+}
 
 /// Binds a TCP listener with an explicit backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -51,7 +124,7 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
@@ -80,28 +153,46 @@ pub async fn run(
     result
 }
 
-async fn serve_callers(
-    gw: Arc<Gateway>,
-    listener: TcpListener,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let settings = gw.runtime.load().config.server.clone();
+/// What open connections are told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Finish the request in flight, then close (HTTP/2: GOAWAY).
+    Draining,
+    /// The grace period is over: close now.
+    Closing,
+}
+
+fn builder(limits: &Limits) -> Builder<TokioExecutor> {
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // Off on purpose (hyper's default is 30 s): the connection watchdog times heads.
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_read_timeout)
-        .max_buf_size((settings.max_header_bytes + settings.max_uri_bytes + 1024).max(8192))
+        .header_read_timeout(None)
+        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes + 1024).max(8192))
+        .max_headers(MAX_HEADERS)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(settings.max_header_bytes as u32)
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(settings.keep_alive_timeout / 2))
-        .keep_alive_timeout(settings.keep_alive_timeout / 2);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .keep_alive_interval(Some(limits.keep_alive_timeout / 2))
+        .keep_alive_timeout(limits.keep_alive_timeout / 2);
+    builder
+}
+
+async fn serve_callers(
+    gw: Arc<Gateway>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let limits = Limits::from_settings(&gw.runtime.load().config.server);
+    let builder = builder(&limits);
+    let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
     loop {
         // Waiting for a slot before accepting leaves excess connections in the backlog.
         let permit = tokio::select! {
@@ -124,49 +215,354 @@ async fn serve_callers(
             _ = stopped(&mut stop) => break,
         };
         let _ = stream.set_nodelay(true);
-        let gw2 = gw.clone();
-        let ip = peer.ip();
-        let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-            let gw = gw2.clone();
-            async move {
-                let resp = AssertUnwindSafe(crate::proxy::handle(gw, ip, req))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| {
-                        tracing::error!("request handler panicked; answered 500");
-                        GatewayError::Internal.to_response("unknown")
-                    });
-                Ok::<_, Infallible>(resp.map(Full::new))
-            }
+        let clock = Arc::new(ConnClock::new());
+        let svc = service(gw.clone(), peer, clock.clone(), in_flight.clone());
+        let io = TokioIo::new(Watched {
+            io: stream,
+            clock: clock.clone(),
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let gw3 = gw.clone();
-        gw3.metrics.connections.inc();
+        let conn = builder.serve_connection(io, svc).into_owned();
+        let mut phase = phase_rx.clone();
+        let gw = gw.clone();
+        gw.metrics.connections.inc();
         tokio::spawn(async move {
-            let _ = conn.await;
-            gw3.metrics.connections.dec();
+            let mut conn = std::pin::pin!(conn);
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    why = clock.expired(&limits) => {
+                        tracing::debug!(%peer, reason = why.as_str(), "closing caller connection");
+                        if why == Expiry::Idle {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await;
+                        }
+                        break;
+                    }
+                    changed = phase.changed() => match changed.map(|_| *phase.borrow()) {
+                        Ok(Phase::Draining) => conn.as_mut().graceful_shutdown(),
+                        Ok(Phase::Serving) => {}
+                        Ok(Phase::Closing) | Err(_) => break,
+                    },
+                }
+            }
+            gw.metrics.connections.dec();
             drop(permit);
         });
     }
     drop(listener);
+    let _ = phase_tx.send(Phase::Draining);
+    // Every open connection holds a slot: all slots back means all connections are closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let grace = gw.runtime.load().config.server.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
+    if tokio::time::timeout(grace, slots.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!(
             grace_s = grace.as_secs(),
-            "shutdown grace elapsed with requests in flight"
+            "shutdown grace elapsed with requests in flight; closing their connections"
         );
+        let _ = phase_tx.send(Phase::Closing);
+        let _ = tokio::time::timeout(FORCE_CLOSE_WAIT, slots.acquire_many(all)).await;
     }
     Ok(())
 }
 
+/// The per-connection hyper service: in-flight slot, body marker, then `proxy::handle` inside
+/// the panic guard and timeout backstop.
+fn service(
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    clock: Arc<ConnClock>,
+    in_flight: Arc<Semaphore>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        // Taken when hyper hands the request over, so the watchdog stops counting at once.
+        let busy = Busy::start(clock.clone(), req.version());
+        let gw = gw.clone();
+        let in_flight = in_flight.clone();
+        async move {
+            let has_body = !req.body().is_end_stream();
+            // An unread body or chunked framing must not leave bytes that could be taken for
+            // the next request: such connections close after the answer (HTTP/1.x only;
+            // HTTP/2 frames its streams).
+            let close = req.version() < Version::HTTP_2
+                && (has_body || req.headers().contains_key(http::header::TRANSFER_ENCODING));
+            let mut resp = match in_flight.try_acquire_owned() {
+                Ok(slot) => {
+                    if has_body {
+                        req.extensions_mut().insert(HasBody);
+                    }
+                    let timeout = gw.runtime.load().config.server.request_timeout;
+                    let handler = crate::proxy::handle(gw.clone(), peer.ip(), req);
+                    let resp = guarded(handler, timeout + REQUEST_TIMEOUT_SLACK).await;
+                    drop(slot);
+                    resp
+                }
+                Err(_) => overloaded(&gw),
+            };
+            if close {
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            drop(busy);
+            Ok::<_, Infallible>(resp.map(Full::new))
+        }
+    })
+}
+
+/// Runs a request handler so that a panic becomes 500 `internal` and a handler that outlives
+/// `timeout` becomes 504, instead of a dropped connection or a stuck one. A panic's message is
+/// not logged: it could quote request data.
+async fn guarded<F>(handler: F, timeout: Duration) -> Response<Bytes>
+where
+    F: Future<Output = Response<Bytes>>,
+{
+    match tokio::time::timeout(timeout, AssertUnwindSafe(handler).catch_unwind()).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(_)) => {
+            tracing::error!("request handler panicked; answered 500");
+            fallback_response(&GatewayError::Internal)
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "request outlived server.request_timeout; answered 504"
+            );
+            fallback_response(&GatewayError::UpstreamTimeout)
+        }
+    }
+}
+
+/// 503 without touching the pipeline: every in-flight slot is taken.
+fn overloaded(gw: &Gateway) -> Response<Bytes> {
+    tracing::debug!("in-flight cap reached; answered 503");
+    gw.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            client: "anonymous".into(),
+            route: "other".into(),
+            status: 503,
+            cache: "NONE",
+        })
+        .inc();
+    fallback_response(&GatewayError::Overloaded)
+}
+
+/// An error answer made here rather than in `proxy` (which would have added the request id).
+fn fallback_response(err: &GatewayError) -> Response<Bytes> {
+    let id = format!("{:032x}", rand::random::<u128>());
+    let mut resp = err.to_response(&id);
+    if let Ok(v) = HeaderValue::try_from(id) {
+        resp.headers_mut().insert(&crate::proxy::X_REQUEST_ID, v);
+    }
+    resp
+}
+
+/// Why the watchdog closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expiry {
+    /// A request head did not arrive within `header_read_timeout`.
+    HeadTimeout,
+    /// No request in flight for `keep_alive_timeout`.
+    Idle,
+}
+
+impl Expiry {
+    fn as_str(self) -> &'static str {
+        match self {
+            Expiry::HeadTimeout => "header_read_timeout",
+            Expiry::Idle => "keep_alive_timeout",
+        }
+    }
+}
+
+/// No request head pending.
+const NO_HEAD: u64 = u64::MAX;
+
+/// Per-connection timing, shared by the socket wrapper ([`Watched`]), the service ([`Busy`])
+/// and the watchdog ([`ConnClock::expired`]). Times are milliseconds since `origin`.
+struct ConnClock {
+    origin: Instant,
+    in_flight: AtomicUsize,
+    /// When the last request in flight finished (its handler returned), or connect. Writing
+    /// the answer does not count: one still being written after `keep_alive_timeout` (a
+    /// caller that stopped reading) is cut. Our own HTTP/2 PINGs must not count either.
+    idle_since: AtomicU64,
+    /// When the pending request head started: connect, or (HTTP/1.1) the first byte read
+    /// while idle. `NO_HEAD` once a request is handed over.
+    head_since: AtomicU64,
+    /// HTTP/2: frames between requests (PING, WINDOW_UPDATE) never start a head timer.
+    h2: AtomicBool,
+    /// Wakes the watchdog when a deadline may have moved earlier.
+    changed: Notify,
+}
+
+impl ConnClock {
+    fn new() -> ConnClock {
+        ConnClock {
+            origin: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(NO_HEAD - 1)
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0
+    }
+
+    /// Bytes arrived from the caller.
+    fn on_read(&self) {
+        if self.idle()
+            && !self.h2.load(Ordering::Relaxed)
+            && self
+                .head_since
+                .compare_exchange(NO_HEAD, self.now_ms(), Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            self.changed.notify_one();
+        }
+    }
+
+    /// When the connection expires if nothing changes; `None` while a request is in flight.
+    fn deadline(&self, limits: &Limits) -> Option<(Instant, Expiry)> {
+        if !self.idle() {
+            return None;
+        }
+        let at = |ms: u64, d: Duration| self.origin + Duration::from_millis(ms) + d;
+        match self.head_since.load(Ordering::SeqCst) {
+            NO_HEAD => Some((
+                at(
+                    self.idle_since.load(Ordering::SeqCst),
+                    limits.keep_alive_timeout,
+                ),
+                Expiry::Idle,
+            )),
+            since => Some((at(since, limits.header_read_timeout), Expiry::HeadTimeout)),
+        }
+    }
+
+    /// Resolves when the connection should be closed.
+    async fn expired(&self, limits: &Limits) -> Expiry {
+        loop {
+            match self.deadline(limits) {
+                None => self.changed.notified().await,
+                Some((at, why)) if at <= Instant::now() => return why,
+                Some((at, _)) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = self.changed.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A request being handled on a connection; dropping it (also when hyper drops the service
+/// future, e.g. on an HTTP/2 stream reset) restarts the connection's idle timer.
+struct Busy(Arc<ConnClock>);
+
+impl Busy {
+    fn start(clock: Arc<ConnClock>, version: Version) -> Busy {
+        clock.in_flight.fetch_add(1, Ordering::SeqCst);
+        clock.head_since.store(NO_HEAD, Ordering::SeqCst);
+        if version == Version::HTTP_2 {
+            clock.h2.store(true, Ordering::Relaxed);
+        }
+        clock.changed.notify_one();
+        Busy(clock)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle_since.store(self.0.now_ms(), Ordering::SeqCst);
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// The caller's socket, reporting reads to the connection's [`ConnClock`].
+struct Watched<S> {
+    io: S,
+    clock: Arc<ConnClock>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.clock.on_read();
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// Replaces the default panic hook, which prints the panic message to stderr, with one that
+/// logs only where the panic happened: a message can quote request data (a `Debug` of a
+/// header, say). For the binary; tests keep the default hook so assertion messages show.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(%location, "panic (message withheld: it may quote request data)");
+    }));
+}
+
 /// Resolves once the stop flag is set (or its sender is gone).
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
@@ -225,3 +621,106 @@ pub fn spawn_reload_on_sighup(gw: Arc<Gateway>) {
 
 /// The body type the caller port answers with.
 pub type Body = Full<Bytes>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(5),
+            keep_alive_timeout: Duration::from_secs(60),
+            max_connections: 10,
+            max_in_flight: 10,
+            max_header_bytes: 16 * 1024,
+            max_uri_bytes: 8 * 1024,
+        }
+    }
+
+    fn code(resp: &Response<Bytes>) -> String {
+        let v: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        v["error"]["code"].as_str().unwrap().to_string()
+    }
+
+    async fn buggy_handler() -> Response<Bytes> {
+        panic!("handler bug")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_500_internal() {
+        let handler = buggy_handler();
+        let resp = guarded(handler, Duration::from_secs(5)).await;
+        assert_eq!(resp.status(), 500);
+        assert_eq!(code(&resp), "internal");
+        assert!(!String::from_utf8_lossy(resp.body()).contains("handler bug"));
+        assert_eq!(resp.headers()[&crate::proxy::X_REQUEST_ID].len(), 32);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_handler_is_cut_by_the_backstop() {
+        let resp = guarded(std::future::pending(), Duration::from_secs(3)).await;
+        assert_eq!(resp.status(), 504);
+        assert_eq!(code(&resp), "upstream_timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connection_clock_deadlines() {
+        let l = limits();
+        let c = Arc::new(ConnClock::new());
+        let start = Instant::now();
+        // From connect, the first head must arrive within the header timeout.
+        assert_eq!(
+            c.deadline(&l),
+            Some((start + l.header_read_timeout, Expiry::HeadTimeout))
+        );
+        let busy = Busy::start(c.clone(), Version::HTTP_11);
+        assert_eq!(c.deadline(&l), None);
+        tokio::time::advance(Duration::from_secs(100)).await;
+        assert_eq!(
+            c.deadline(&l),
+            None,
+            "no timer while a request is in flight"
+        );
+        drop(busy);
+        let idle_at = Instant::now();
+        assert_eq!(
+            c.deadline(&l),
+            Some((idle_at + l.keep_alive_timeout, Expiry::Idle))
+        );
+        // Reading while idle starts the next head.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        c.on_read();
+        let (at, why) = c.deadline(&l).unwrap();
+        assert_eq!(why, Expiry::HeadTimeout);
+        assert!(at <= Instant::now() + l.header_read_timeout);
+        assert_eq!(c.expired(&l).await, Expiry::HeadTimeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_frames_between_requests_do_not_start_a_head_timer() {
+        let l = limits();
+        let c = Arc::new(ConnClock::new());
+        drop(Busy::start(c.clone(), Version::HTTP_2));
+        c.on_read();
+        assert_eq!(c.deadline(&l).unwrap().1, Expiry::Idle);
+        let t = Instant::now();
+        assert_eq!(c.expired(&l).await, Expiry::Idle);
+        assert!(t.elapsed() >= l.keep_alive_timeout);
+    }
+
+    #[test]
+    fn limits_are_clamped() {
+        let mut s = crate::config::Config::parse(
+            "[upstream]\nbase_url = \"https://api.gcore.com\"\n",
+            "t",
+            &std::collections::HashMap::new(),
+        )
+        .unwrap()
+        .server;
+        s.max_connections = usize::MAX;
+        let l = Limits::from_settings(&s);
+        assert_eq!(l.max_connections, MAX_SLOTS);
+        assert_eq!(l.max_in_flight, MAX_SLOTS);
+        let _ = Semaphore::new(l.max_connections);
+    }
+}

@@ -41,7 +41,11 @@ async fn burst_then_429_with_consistent_headers_and_recovery() {
     // Recovery after Retry-After.
     tokio::time::sleep(Duration::from_millis(retry * 1000 + 50)).await;
     assert_eq!(gw.get(ME, KEY_ALPHA).await.status(), 200);
-    assert_eq!(up.calls(), 2, "one per account; 429s never reach the upstream");
+    assert_eq!(
+        up.calls(),
+        2,
+        "one per account; 429s never reach the upstream"
+    );
     gw.stop().await;
 }
 
@@ -53,8 +57,16 @@ async fn exactly_burst_successes_under_100_concurrent_requests() {
     for _ in 0..100 {
         let (http, url) = (gw.http.clone(), gw.url(ME));
         tasks.push(tokio::spawn(async move {
-            let r = http.get(url).header("x-api-key", KEY_ALPHA).send().await.unwrap();
-            (r.status().as_u16(), r.headers().get("retry-after").is_some())
+            let r = http
+                .get(url)
+                .header("x-api-key", KEY_ALPHA)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.headers().get("retry-after").is_some(),
+            )
         }));
     }
     let (mut ok, mut limited) = (0, 0);
@@ -67,13 +79,37 @@ async fn exactly_burst_successes_under_100_concurrent_requests() {
     }
     assert_eq!((ok, limited), (10, 90));
     assert_eq!(up.calls(), 1);
-    let clients = gw.http.get(gw.admin_url("/admin/clients")).send().await.unwrap().text().await.unwrap();
+    let clients = gw
+        .http
+        .get(gw.admin_url("/admin/clients"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&clients).unwrap();
-    let alpha = v["clients"].as_array().unwrap().iter().find(|c| c["name"] == "alpha").unwrap();
+    let alpha = v["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "alpha")
+        .unwrap();
     assert_eq!(alpha["requests"], 100);
     assert_eq!(alpha["rate_limited"], 90);
-    let metrics = gw.http.get(gw.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("gateway_rate_limited_total{client=\"alpha\"} 90"), "{metrics}");
+    let metrics = gw
+        .http
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gateway_rate_limited_total{client=\"alpha\"} 90"),
+        "{metrics}"
+    );
     gw.stop().await;
 }
 
@@ -92,22 +128,37 @@ async fn get_from(ip: &str, url: &str, key: Option<&str>) -> reqwest::Response {
 #[tokio::test]
 async fn failed_auth_throttle_per_ip_trips_and_recovers() {
     let up = FakeUpstream::start().await;
-    let cfg = config(&up.url(), "").replace("auth_failure_limit = \"off\"", "auth_failure_limit = \"3/s\"");
+    let cfg = config(&up.url(), "").replace(
+        "auth_failure_limit = \"off\"",
+        "auth_failure_limit = \"3/s\"",
+    );
     let gw = Harness::start(&cfg).await;
     let url = gw.url(ME);
     for _ in 0..3 {
-        assert_eq!(get_from("127.0.0.1", &url, Some("wrong")).await.status(), 401);
+        assert_eq!(
+            get_from("127.0.0.1", &url, Some("wrong")).await.status(),
+            401
+        );
     }
     // The fourth failure exhausts the budget; from then on even a valid key is refused.
-    assert_eq!(get_from("127.0.0.1", &url, Some("wrong")).await.status(), 401);
+    assert_eq!(
+        get_from("127.0.0.1", &url, Some("wrong")).await.status(),
+        401
+    );
     let r = get_from("127.0.0.1", &url, Some(KEY_ALPHA)).await;
     assert_eq!(r.status(), 429);
     assert!(header(&r, "retry-after").parse::<u64>().unwrap() >= 1);
     // Another source IP is unaffected.
-    assert_eq!(get_from("127.0.0.2", &url, Some(KEY_ALPHA)).await.status(), 200);
+    assert_eq!(
+        get_from("127.0.0.2", &url, Some(KEY_ALPHA)).await.status(),
+        200
+    );
     // Recovery.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(get_from("127.0.0.1", &url, Some(KEY_ALPHA)).await.status(), 200);
+    assert_eq!(
+        get_from("127.0.0.1", &url, Some(KEY_ALPHA)).await.status(),
+        200
+    );
     gw.stop().await;
 }
 
@@ -177,7 +228,12 @@ async fn reload_changes_a_rate_without_restart() {
     assert_eq!(gw.get(ME, KEY_ALPHA).await.status(), 429);
     let new = with_rate(&up, "1/m", 5);
     gw.gw.set_embedded_text(new);
-    let r = gw.http.post(gw.admin_url("/admin/reload")).send().await.unwrap();
+    let r = gw
+        .http
+        .post(gw.admin_url("/admin/reload"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = gw.get(ME, KEY_ALPHA).await;
     assert_eq!(r.status(), 200);
