@@ -27,10 +27,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,15 +38,16 @@ use http_body_util::Full;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{watch, Notify, Semaphore};
-use tokio::time::Instant;
+use tokio::sync::{watch, Semaphore};
 
 use crate::config::ServerSettings;
 use crate::error::GatewayError;
 use crate::metrics::RequestLabels;
 use crate::state::Gateway;
+
+mod watchdog;
+use watchdog::{Busy, ConnClock, Expiry, Watched};
 
 /// Listen backlog: large enough that a storm of new connections queues instead of being
 /// dropped (a dropped SYN costs the caller a 1 s retransmit).
@@ -364,190 +363,6 @@ fn fallback_response(err: &GatewayError) -> Response<Bytes> {
     resp
 }
 
-/// Why the watchdog closed a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expiry {
-    /// A request head did not arrive within `header_read_timeout`.
-    HeadTimeout,
-    /// No request in flight for `keep_alive_timeout`.
-    Idle,
-}
-
-impl Expiry {
-    fn as_str(self) -> &'static str {
-        match self {
-            Expiry::HeadTimeout => "header_read_timeout",
-            Expiry::Idle => "keep_alive_timeout",
-        }
-    }
-}
-
-/// No request head pending.
-const NO_HEAD: u64 = u64::MAX;
-
-/// Per-connection timing, shared by the socket wrapper ([`Watched`]), the service ([`Busy`])
-/// and the watchdog ([`ConnClock::expired`]). Times are milliseconds since `origin`.
-struct ConnClock {
-    origin: Instant,
-    in_flight: AtomicUsize,
-    /// When the last request in flight finished (its handler returned), or connect. Writing
-    /// the answer does not count: one still being written after `keep_alive_timeout` (a
-    /// caller that stopped reading) is cut. Our own HTTP/2 PINGs must not count either.
-    idle_since: AtomicU64,
-    /// When the pending request head started: connect, or (HTTP/1.1) the first byte read
-    /// while idle. `NO_HEAD` once a request is handed over.
-    head_since: AtomicU64,
-    /// HTTP/2: frames between requests (PING, WINDOW_UPDATE) never start a head timer.
-    h2: AtomicBool,
-    /// Wakes the watchdog when a deadline may have moved earlier.
-    changed: Notify,
-}
-
-impl ConnClock {
-    fn new() -> ConnClock {
-        ConnClock {
-            origin: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(0),
-            head_since: AtomicU64::new(0),
-            h2: AtomicBool::new(false),
-            changed: Notify::new(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(NO_HEAD - 1)
-    }
-
-    fn idle(&self) -> bool {
-        self.in_flight.load(Ordering::SeqCst) == 0
-    }
-
-    /// Bytes arrived from the caller.
-    fn on_read(&self) {
-        if self.idle()
-            && !self.h2.load(Ordering::Relaxed)
-            && self
-                .head_since
-                .compare_exchange(NO_HEAD, self.now_ms(), Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
-            self.changed.notify_one();
-        }
-    }
-
-    /// When the connection expires if nothing changes; `None` while a request is in flight.
-    fn deadline(&self, limits: &Limits) -> Option<(Instant, Expiry)> {
-        if !self.idle() {
-            return None;
-        }
-        let at = |ms: u64, d: Duration| self.origin + Duration::from_millis(ms) + d;
-        match self.head_since.load(Ordering::SeqCst) {
-            NO_HEAD => Some((
-                at(
-                    self.idle_since.load(Ordering::SeqCst),
-                    limits.keep_alive_timeout,
-                ),
-                Expiry::Idle,
-            )),
-            since => Some((at(since, limits.header_read_timeout), Expiry::HeadTimeout)),
-        }
-    }
-
-    /// Resolves when the connection should be closed.
-    async fn expired(&self, limits: &Limits) -> Expiry {
-        loop {
-            match self.deadline(limits) {
-                None => self.changed.notified().await,
-                Some((at, why)) if at <= Instant::now() => return why,
-                Some((at, _)) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {}
-                        _ = self.changed.notified() => {}
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A request being handled on a connection; dropping it (also when hyper drops the service
-/// future, e.g. on an HTTP/2 stream reset) restarts the connection's idle timer.
-struct Busy(Arc<ConnClock>);
-
-impl Busy {
-    fn start(clock: Arc<ConnClock>, version: Version) -> Busy {
-        clock.in_flight.fetch_add(1, Ordering::SeqCst);
-        clock.head_since.store(NO_HEAD, Ordering::SeqCst);
-        if version == Version::HTTP_2 {
-            clock.h2.store(true, Ordering::Relaxed);
-        }
-        clock.changed.notify_one();
-        Busy(clock)
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.idle_since.store(self.0.now_ms(), Ordering::SeqCst);
-            self.0.changed.notify_one();
-        }
-    }
-}
-
-/// The caller's socket, reporting reads to the connection's [`ConnClock`].
-struct Watched<S> {
-    io: S,
-    clock: Arc<ConnClock>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let res = Pin::new(&mut this.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.clock.on_read();
-        }
-        res
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
 /// Replaces the default panic hook, which prints the panic message to stderr, with one that
 /// logs only where the panic happened: a message can quote request data (a `Debug` of a
 /// header, say). For the binary; tests keep the default hook so assertion messages show.
@@ -625,6 +440,7 @@ pub type Body = Full<Bytes>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::time::Instant;
 
     fn limits() -> Limits {
         Limits {
