@@ -56,8 +56,8 @@ impl fmt::Display for KeyHash {
     }
 }
 
-/// What the request presented.
-#[derive(Debug, PartialEq, Eq)]
+/// What the request presented. `Debug` never shows the key.
+#[derive(PartialEq, Eq)]
 pub enum Credential<'a> {
     /// No credential header at all.
     Missing,
@@ -65,6 +65,16 @@ pub enum Credential<'a> {
     Malformed,
     /// A key (not yet checked).
     Key(&'a [u8]),
+}
+
+impl fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::Missing => f.write_str("Missing"),
+            Credential::Malformed => f.write_str("Malformed"),
+            Credential::Key(k) => write!(f, "Key([REDACTED; {} bytes])", k.len()),
+        }
+    }
 }
 
 /// Extracts the caller key. Exactly one credential must be present: a request carrying both
@@ -192,6 +202,13 @@ mod tests {
             credential(&headers(&[("x-api-key", "a"), ("x-api-key", "b")])),
             Credential::Malformed
         );
+    }
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let h = headers(&[("authorization", "APIKey super-secret-team-key")]);
+        let printed = format!("{:?}", credential(&h));
+        assert!(!printed.contains("super-secret"), "{printed}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::upstream::{Upstream, UpstreamFailure};
 pub const NEGATIVE_CACHE: Duration = Duration::from_secs(5);
 
 /// Where the config is re-read from on reload.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum ConfigSource {
     File(std::path::PathBuf),
     /// Embedded text with its own secrets (the demo, tests); reload re-validates it.
@@ -33,6 +33,20 @@ pub enum ConfigSource {
         origin: String,
         env: std::collections::HashMap<String, String>,
     },
+}
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // `env` holds secret values: only the variable names are shown.
+            ConfigSource::Embedded { origin, env, .. } => f
+                .debug_struct("Embedded")
+                .field("origin", origin)
+                .field("env", &env.keys().collect::<Vec<_>>())
+                .finish_non_exhaustive(),
+            ConfigSource::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
 }
 
 /// Per-account upstream health: circuit breaker and pauses (upstream 429, bad key).
@@ -109,11 +123,12 @@ impl AccountState {
         breaker: (u32, Duration),
         metrics: &Metrics,
     ) {
+        // Whatever happened, a probe in flight is over: never leave the flag set.
+        let was_probe = self.half_open_probe.swap(false, Ordering::AcqRel);
         if failure.is_local() {
             return;
         }
         let (threshold, cooldown) = breaker;
-        let was_probe = self.half_open_probe.swap(false, Ordering::AcqRel);
         let now = Instant::now();
         let block = match failure {
             UpstreamFailure::RateLimited { retry_after } => {

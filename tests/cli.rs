@@ -198,6 +198,12 @@ fn check_rejects_broken_configs_naming_the_key() {
             "line 11",
         ),
     ];
+    let cases = cases.into_iter().chain([
+        ("key pasted as a string", good.replace("keys = [\"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"]", "keys = \"my-plaintext-team-key\""), "line"),
+        ("key pasted as env name", good.replace("api_key_env = \"GCORE_API_KEY\"", "api_key_env = \"1234_my-plaintext-team-key\""), "accounts[0].api_key_env"),
+        ("absurd duration", good.replace("ttl = \"60s\"", "ttl = \"500000000000y\""), "cache.ttl"),
+        ("bad redis url", good.replace("# [redis]\n# url = \"redis://127.0.0.1:6379\"", "[redis]\nurl = \"redis://:my-plaintext-team-key@127.0.0.1:notaport\""), "redis.url"),
+    ]);
     for (what, text, key) in cases {
         let p = temp_config(&format!("{}.toml", what.replace(' ', "_")), &text);
         let (code, out, err) = run(

@@ -412,3 +412,36 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+#[tokio::test]
+async fn debug_prints_never_show_secrets() {
+    let up = FakeUpstream::start().await;
+    let cfg = config(
+        &up.url(),
+        "\n[redis]\nurl = \"redis://:redis-password-123@127.0.0.1:1\"\n",
+    );
+    let gw = Harness::start(&cfg).await;
+    let rt = gw.gw.runtime.load_full();
+    let printed = format!(
+        "{:?}\n{:?}\n{:?}\n{:?}",
+        rt.config,
+        *gw.gw.source(),
+        rt.accounts,
+        gcore_gateway::auth::credential(&{
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                "authorization",
+                format!("APIKey {KEY_ALPHA}").parse().unwrap(),
+            );
+            h
+        })
+    );
+    for s in [SECRET_A, SECRET_B, KEY_ALPHA, "redis-password-123"] {
+        assert!(!printed.contains(s), "{s} in Debug output");
+    }
+    assert!(
+        printed.contains("TEST_SECRET_A"),
+        "variable names are fine to show"
+    );
+    gw.stop().await;
+}

@@ -541,3 +541,36 @@ async fn binary_sighup_reloads_and_sigterm_drains_a_slow_request() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// A half-open probe refused by the upstream budget (a local failure) must not leave the
+/// breaker stuck: once the budget recovers, the next call goes through.
+#[tokio::test]
+async fn a_probe_refused_by_the_budget_does_not_wedge_the_breaker() {
+    let up = FakeUpstream::start().await;
+    let cfg = config(&up.url(), "").replace(
+        "retries = 0",
+        "retries = 0\nrate = \"1/s\"\ncircuit_breaker_failures = 1\ncircuit_breaker_cooldown = \"200ms\"",
+    );
+    let gw = Harness::start(&cfg).await;
+    up.set_mode(Mode::Status(500));
+    assert_eq!(
+        gw.get(ME, KEY_ALPHA).await.status(),
+        502,
+        "opens the circuit"
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        gw.get(ME, KEY_ALPHA).await.status(),
+        503,
+        "probe refused by the budget"
+    );
+    up.set_mode(Mode::Normal);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        gw.get(ME, KEY_ALPHA).await.status(),
+        200,
+        "breaker not wedged"
+    );
+    assert_eq!(up.calls(), 2);
+    gw.stop().await;
+}

@@ -110,9 +110,16 @@ async fn run_fill(
     route: Arc<Route>,
     deadline: Instant,
 ) -> FillResult {
-    let result = fetch_into_cache(&gw, &rt, &key, account, &route, deadline).await;
-    gw.cache.inflight().remove(&key);
-    result
+    // Removes the in-flight entry however the fill ends, a panic included: a finished flight
+    // left in the table would answer every later request for the key with its old result.
+    struct Done<'a>(&'a CacheStore, &'a CacheKey);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.inflight().remove(self.1);
+        }
+    }
+    let _done = Done(&gw.cache, &key);
+    fetch_into_cache(&gw, &rt, &key, account, &route, deadline).await
 }
 
 async fn fetch_into_cache(
@@ -152,6 +159,9 @@ async fn fetch_into_cache(
     result
 }
 
+/// Added to `upstream.timeout` for the cross-replica lock's expiry.
+const LOCK_MARGIN: Duration = Duration::from_millis(500);
+
 enum SharedStep {
     /// Another replica's answer, now also in L1.
     Served(Arc<Entry>),
@@ -174,12 +184,19 @@ async fn shared_step(
     if let Some(e) = l2_fresh(gw, rt, shared, key, state, route).await {
         return SharedStep::Served(e);
     }
-    let up = &rt.config.upstream;
-    let lock_ttl = (up.timeout * (up.retries + 1) + Duration::from_secs(1))
-        .min(rt.config.server.request_timeout);
+    // One attempt plus a margin: a dead holder is taken over well inside a caller's deadline
+    // (a holder that retries past it may see a second replica call too; rare and bounded).
+    let lock_ttl = rt.config.upstream.timeout + LOCK_MARGIN;
     loop {
         match shared.lock(key, &state.tag, lock_ttl).await {
-            Lock::Acquired(token) => return SharedStep::Fetch(Some(token)),
+            Lock::Acquired(token) => {
+                // A holder may have stored its answer and released the lock in between.
+                if let Some(e) = l2_fresh(gw, rt, shared, key, state, route).await {
+                    shared.unlock(key, &state.tag, &token).await;
+                    return SharedStep::Served(e);
+                }
+                return SharedStep::Fetch(Some(token));
+            }
             Lock::Unavailable => return SharedStep::Fetch(None),
             Lock::Held => {}
         }

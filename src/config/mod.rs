@@ -326,16 +326,41 @@ impl Config {
 
 /// Squeezes toml's multi-line error into one line: "line L, column C: message".
 fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = without_quoted_values(e.message().trim());
     match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
+            let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
             let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            format!("line {line}, column {col}: {}", e.message().trim())
+            format!("line {line}, column {col}: {message}")
         }
-        None => e.message().trim().to_string(),
+        None => message,
     }
 }
+
+/// serde quotes the offending value (`invalid type: string "…"`); the value may be a key pasted
+/// in the wrong place, so quoted strings are cut out of parser messages. Field names are
+/// quoted with backticks and stay.
+fn without_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_quote = false;
+    for c in message.lines().next().unwrap_or("").chars() {
+        match (c, in_quote) {
+            ('"', false) => {
+                in_quote = true;
+                out.push_str("\"…\"");
+            }
+            ('"', true) => in_quote = false,
+            (_, true) => {}
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+/// The longest duration any setting accepts: sums of a few of them can never overflow, and no
+/// TTL, window or timeout of a gateway needs more.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Items in config order plus an index from a lookup key to their position.
 type Table<T, K> = (Vec<Arc<T>>, HashMap<K, usize>);
@@ -354,7 +379,11 @@ impl Validator<'_> {
     }
 
     fn dur(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
-        units::duration(s).map_err(|m| self.err(key, m))
+        let d = units::duration(s).map_err(|m| self.err(key, m))?;
+        if d > MAX_DURATION {
+            return Err(self.err(key, "must be at most 30 days"));
+        }
+        Ok(d)
     }
 
     fn positive(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
@@ -486,6 +515,10 @@ impl Validator<'_> {
         if !scheme_ok {
             return Err(self.err("redis.url", "must start with redis:// or rediss://"));
         }
+        if redis::IntoConnectionInfo::into_connection_info(r.url.as_str()).is_err() {
+            // The URL may hold a password: never quote it.
+            return Err(self.err("redis.url", "is not a valid Redis URL"));
+        }
         if r.pool_size == 0 {
             return Err(self.err("redis.pool_size", "must be at least 1"));
         }
@@ -513,6 +546,19 @@ impl Validator<'_> {
                     format!("duplicate account {:?}", a.name),
                 ));
             }
+            if let Some(var) = &a.api_key_env {
+                let valid = !var.is_empty()
+                    && var.len() <= 128
+                    && !var.starts_with(|c: char| c.is_ascii_digit())
+                    && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !valid {
+                    // Never echo it: a key pasted here instead of a variable name is a secret.
+                    return Err(self.err(
+                        format!("{at}.api_key_env"),
+                        "must be the NAME of an environment variable ([A-Za-z_][A-Za-z0-9_]*), not the key itself",
+                    ));
+                }
+            }
             let secret = match (&a.api_key_env, &a.api_key_file) {
                 (Some(var), None) => env.env(var).ok_or_else(|| {
                     self.err(
@@ -523,7 +569,8 @@ impl Validator<'_> {
                 (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
                     self.err(
                         format!("{at}.api_key_file"),
-                        format!("cannot read {file}: {e}"),
+                        // The path is not quoted: a key pasted here instead of a path is a secret.
+                        format!("cannot read the file: {e}"),
                     )
                 })?,
                 _ => return Err(self.err(&at, "set exactly one of api_key_env / api_key_file")),

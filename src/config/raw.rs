@@ -17,6 +17,7 @@ use super::units::RawSize;
 pub struct RawConfig {
     #[serde(default)]
     pub server: RawServer,
+    #[serde(default)]
     pub upstream: RawUpstream,
     #[serde(default)]
     pub accounts: Vec<RawAccount>,
@@ -97,6 +98,22 @@ pub struct RawUpstream {
     pub circuit_breaker_failures: u32,
     #[serde(default = "default_breaker_cooldown")]
     pub circuit_breaker_cooldown: String,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            base_url: default_base_url(),
+            allow_insecure_http: false,
+            timeout: default_upstream_timeout(),
+            connect_timeout: default_connect_timeout(),
+            retries: default_retries(),
+            max_body: default_max_body(),
+            rate: None,
+            circuit_breaker_failures: default_breaker_failures(),
+            circuit_breaker_cooldown: default_breaker_cooldown(),
+        }
+    }
 }
 
 /// One `[[accounts]]` entry.
