@@ -1,11 +1,303 @@
-//! Placeholder replaced by the issue-7 benchmarks.
-use criterion::{criterion_group, criterion_main, Criterion};
+//! Micro-benchmarks of the cache-hit path (issue 7), piece by piece and whole.
+//!
+//! | group | measures |
+//! |---|---|
+//! | `auth` | credential extraction from the headers; SHA-256 of the key plus the map lookup (1 and 10 000 keys) |
+//! | `cache` | a hit in the moka store (1 and 10 000 entries) |
+//! | `rate_limit` | one GCRA check of a client limiter that never refuses |
+//! | `metrics` | the per-request counter and histogram updates (`gateway_requests_total`, `gateway_request_duration_seconds`) |
+//! | `hit_path` | `proxy::handle` for a cached answer, without and with the `minimal` profile (+ a rate): authentication, limit, routing, cache, redaction lookup, response assembly, metrics |
+//!
+//! `cargo bench --bench hot_path` (add `-- hit_path` to run one group). The load test with real
+//! sockets is `bench/run.sh`; see BENCHMARKS.md.
 
-fn hash(c: &mut Criterion) {
-    c.bench_function("key_hash", |b| {
-        b.iter(|| gcore_gateway::auth::KeyHash::of(std::hint::black_box(b"team-key-0123456789")))
+use std::collections::HashMap;
+use std::future::Future;
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use gcore_gateway::auth::{self, KeyHash};
+use gcore_gateway::cache::{CacheKey, CacheStore, Entry};
+use gcore_gateway::config::{units::rate, Config};
+use gcore_gateway::metrics::RequestLabels;
+use gcore_gateway::rate_limit::{ClientLimiter, TokioClock};
+use gcore_gateway::state::{ConfigSource, Gateway};
+use http::{HeaderMap, HeaderValue, Request};
+
+/// The 1.7 KB `GET /iam/clients/me` answer the load test serves.
+const BODY: &[u8] = include_bytes!("../bench/body.json");
+const ROUTE: &str = "/iam/clients/me";
+const KEY_PLAIN: &str = "bench-plain-key-0123456789abcdef";
+const KEY_MINIMAL: &str = "bench-minimal-key-0123456789abcdef";
+const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Times `iters` runs of an async routine inside one `block_on` (so the runtime entry is not
+/// part of the measurement); inputs are built untimed, in chunks.
+fn async_batched<I, S, F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    iters: u64,
+    mut setup: S,
+    mut routine: F,
+) -> Duration
+where
+    S: FnMut() -> I,
+    F: FnMut(I) -> Fut,
+    Fut: Future,
+{
+    const CHUNK: u64 = 4096;
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        let inputs: Vec<I> = (0..n).map(|_| setup()).collect();
+        total += rt.block_on(async {
+            let start = Instant::now();
+            for input in inputs {
+                black_box(routine(input).await);
+            }
+            start.elapsed()
+        });
+        left -= n;
+    }
+    total
+}
+
+fn key_map(n: usize) -> HashMap<KeyHash, usize> {
+    let mut map: HashMap<KeyHash, usize> = (0..n)
+        .map(|i| (KeyHash::of(format!("other-key-{i}").as_bytes()), i))
+        .collect();
+    map.insert(KeyHash::of(KEY_PLAIN.as_bytes()), n);
+    map
+}
+
+fn bench_auth(c: &mut Criterion) {
+    let mut g = c.benchmark_group("auth");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("APIKey {KEY_PLAIN}")).unwrap(),
+    );
+    headers.insert(http::header::HOST, HeaderValue::from_static("127.0.0.1"));
+    g.bench_function("credential", |b| {
+        b.iter(|| auth::credential(black_box(&headers)))
+    });
+    g.bench_function("sha256_of_key", |b| {
+        b.iter(|| KeyHash::of(black_box(KEY_PLAIN.as_bytes())))
+    });
+    for n in [1, 10_000] {
+        let map = key_map(n - 1);
+        g.bench_function(format!("hash_and_lookup/{n}_keys"), |b| {
+            b.iter(|| auth::lookup(black_box(&map), black_box(KEY_PLAIN.as_bytes())))
+        });
+    }
+    g.finish();
+}
+
+fn cache_key(account: &str) -> CacheKey {
+    CacheKey {
+        account: account.into(),
+        route: ROUTE.into(),
+        query: None,
+    }
+}
+
+fn bench_cache(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("cache");
+    for n in [1usize, 10_000] {
+        let store = CacheStore::new(1 << 30);
+        rt.block_on(async {
+            for i in 0..n {
+                let entry = Entry::new(
+                    Bytes::copy_from_slice(BODY),
+                    tokio::time::Instant::now(),
+                    Duration::from_secs(600),
+                    1,
+                    1,
+                );
+                store
+                    .insert(cache_key(&format!("acct-{i}")), Arc::new(entry))
+                    .await;
+            }
+            store.sync().await;
+        });
+        let key = cache_key(&format!("acct-{}", n / 2));
+        g.bench_function(format!("get_hit/{n}_entries"), |b| {
+            b.iter_custom(|iters| {
+                async_batched(&rt, iters, || (), |()| async { store.get(&key).await })
+            })
+        });
+    }
+    g.finish();
+}
+
+fn bench_rate_limit(c: &mut Criterion) {
+    // 10^9 per second with an equal burst: never refuses, so only the allow path is timed.
+    let limiter = ClientLimiter::new(
+        rate("1000000000/s").unwrap(),
+        1_000_000_000,
+        TokioClock::default(),
+    );
+    c.bench_function("rate_limit/check_allowed", |b| {
+        b.iter(|| limiter.check().is_ok())
     });
 }
 
-criterion_group!(benches, hash);
+/// A gateway whose cache already holds the answer for the bench account.
+fn gateway(rt: &tokio::runtime::Runtime) -> Arc<Gateway> {
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[upstream]
+base_url = "http://127.0.0.1:9"
+allow_insecure_http = true
+
+[[accounts]]
+name = "bench"
+api_key_env = "BENCH_UPSTREAM_KEY"
+
+[cache]
+ttl = "10m"
+
+[[routes]]
+path = "{ROUTE}"
+
+[profiles.minimal]
+allow = [
+  "$.id", "$.status", "$.deleted", "$.capabilities", "$.serviceStatuses",
+  "$.paidFeatures.*[*].feature_id", "$.paidFeatures.*[*].name", "$.paidFeatures.*[*].service",
+  "$.freeFeatures.*[*].feature_id", "$.freeFeatures.*[*].name", "$.freeFeatures.*[*].service",
+]
+
+[[clients]]
+name = "plain"
+keys = ["{plain}"]
+account = "bench"
+
+[[clients]]
+name = "minimal"
+keys = ["{minimal}"]
+account = "bench"
+profile = "minimal"
+rate = "1000000000/s"
+burst = 1000000000
+"#,
+        plain = KeyHash::of(KEY_PLAIN.as_bytes()),
+        minimal = KeyHash::of(KEY_MINIMAL.as_bytes()),
+    );
+    let env = HashMap::from([(
+        "BENCH_UPSTREAM_KEY".to_string(),
+        "bench-upstream-key".to_string(),
+    )]);
+    let config = Config::parse(&text, "bench config", &env).expect("valid bench config");
+    let gw = rt.block_on(async {
+        let gw = Gateway::new(
+            config,
+            ConfigSource::Embedded {
+                text: text.clone(),
+                origin: "bench config".into(),
+                env: env.clone(),
+            },
+        )
+        .expect("gateway");
+        let runtime = gw.runtime.load_full();
+        let entry = Entry::new(
+            Bytes::from_static(BODY),
+            tokio::time::Instant::now(),
+            Duration::from_secs(600),
+            runtime.generation,
+            runtime.config.profiles.len(),
+        );
+        gw.cache.insert(cache_key("bench"), Arc::new(entry)).await;
+        gw
+    });
+    gw
+}
+
+fn request(key: &str) -> Request<()> {
+    Request::get(ROUTE)
+        .header(http::header::HOST, "127.0.0.1:8080")
+        .header(http::header::AUTHORIZATION, format!("APIKey {key}"))
+        .header(http::header::USER_AGENT, "wrk")
+        .body(())
+        .unwrap()
+}
+
+fn bench_hit_path(c: &mut Criterion) {
+    let rt = runtime();
+    let gw = gateway(&rt);
+    // Sanity: both clients get a 200 HIT (and the profile's render is made once, here).
+    for key in [KEY_PLAIN, KEY_MINIMAL] {
+        let resp = rt.block_on(gcore_gateway::proxy::handle(gw.clone(), PEER, request(key)));
+        assert_eq!(resp.status(), 200, "bench setup: {key} not served");
+        assert_eq!(resp.headers()["x-cache"], "HIT");
+    }
+    let mut g = c.benchmark_group("hit_path");
+    for (name, key) in [
+        ("no_profile", KEY_PLAIN),
+        ("minimal_profile_and_rate", KEY_MINIMAL),
+    ] {
+        g.bench_function(format!("proxy_handle/{name}"), |b| {
+            b.iter_custom(|iters| {
+                async_batched(
+                    &rt,
+                    iters,
+                    || request(key),
+                    |req| gcore_gateway::proxy::handle(gw.clone(), PEER, req),
+                )
+            })
+        });
+    }
+    g.bench_function("reference_build_request_not_timed_above", |b| {
+        b.iter(|| request(KEY_PLAIN))
+    });
+    g.finish();
+}
+
+fn bench_metrics(c: &mut Criterion) {
+    let rt = runtime();
+    let gw = gateway(&rt);
+    let labels = RequestLabels {
+        client: "plain".into(),
+        route: ROUTE.into(),
+        status: 200,
+        cache: "HIT",
+    };
+    let mut g = c.benchmark_group("metrics");
+    g.bench_function("requests_total_inc", |b| {
+        b.iter(|| {
+            gw.metrics
+                .requests
+                .get_or_create(black_box(&labels.clone()))
+                .inc()
+        })
+    });
+    g.bench_function("request_duration_observe", |b| {
+        b.iter(|| gw.metrics.request_duration.observe(black_box(0.000_2)))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_auth,
+    bench_cache,
+    bench_rate_limit,
+    bench_hit_path,
+    bench_metrics
+);
 criterion_main!(benches);

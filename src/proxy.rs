@@ -133,7 +133,11 @@ async fn pipeline<B>(
     if !client.allowed_routes[route_idx] {
         return Err(GatewayError::Forbidden);
     }
-    let query = routing::canonical_query(req.uri().query()).map_err(|_| GatewayError::NotFound)?;
+    let query = if route.forward_query {
+        routing::canonical_query(req.uri().query()).map_err(|_| GatewayError::NotFound)?
+    } else {
+        None
+    };
 
     // 4. cache or fetch
     let account = &rt.config.accounts[client.account];

@@ -343,7 +343,7 @@ impl Gateway {
     /// A gateway serving `config`.
     pub fn new(config: Config, source: ConfigSource) -> Result<Arc<Gateway>, RuntimeError> {
         let clock = TokioClock::default();
-        let cache = CacheStore::new(config.cache.max_size, config.max_retention());
+        let cache = CacheStore::new(config.cache.max_size);
         let metrics = Arc::new(Metrics::new());
         let shared = match &config.redis {
             Some(r) => Some(
@@ -414,15 +414,30 @@ impl Gateway {
         if !same_redis(config.redis.as_ref(), old.config.redis.as_ref()) {
             return Err(ReloadError::NeedsRestart("[redis]"));
         }
+        if config.cache.max_size != old.config.cache.max_size {
+            return Err(ReloadError::NeedsRestart("cache.max_size"));
+        }
+        let (a, b) = (&config.server, &old.config.server);
+        if a.header_read_timeout != b.header_read_timeout
+            || a.keep_alive_timeout != b.keep_alive_timeout
+            || a.max_connections != b.max_connections
+            || a.max_header_bytes != b.max_header_bytes
+            || a.max_uri_bytes != b.max_uri_bytes
+        {
+            return Err(ReloadError::NeedsRestart(
+                "server.header_read_timeout / keep_alive_timeout / max_connections / max_header_bytes / max_uri_bytes",
+            ));
+        }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let new = Runtime::build(config, generation, Some(&old), &self.clock)?;
-        // Drop cached answers of accounts that are gone or whose upstream key changed.
+        let new = Arc::new(Runtime::build(config, generation, Some(&old), &self.clock)?);
+        // Swap first, then drop cached answers of accounts that are gone or whose upstream key
+        // changed: requests that start after the swap never refill from the old key.
+        self.runtime.store(new.clone());
         for a in &old.config.accounts {
             if !new.config.accounts.iter().any(|n| n.same_upstream(a)) {
                 self.cache.purge(Some(&a.name));
             }
         }
-        self.runtime.store(Arc::new(new));
         Ok(())
     }
 

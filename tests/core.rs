@@ -398,3 +398,46 @@ async fn admin_routes_live_only_on_the_admin_port() {
     assert_eq!(up.calls(), 0);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn queries_are_ignored_unless_the_route_forwards_them() {
+    let up = FakeUpstream::start().await;
+    let cfg = config(&up.url(), "").replace(
+        "path = \"/iam/users/me\"",
+        "path = \"/iam/users/me\"\nforward_query = true",
+    );
+    let gw = Harness::start(&cfg).await;
+    // Default route: the query is neither forwarded nor part of the key (no cache busting).
+    assert_eq!(header(&gw.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
+    for q in ["?x=1", "?x=2", "?api_key=zzz&b=2"] {
+        let r = gw.get(&format!("{ME}{q}"), KEY_ALPHA).await;
+        assert_eq!(header(&r, "x-cache"), "HIT", "{q}");
+    }
+    assert_eq!(up.calls(), 1);
+    assert!(up.seen()[0].query.is_none());
+    // A forwarding route: canonical query upstream and in the key.
+    let users = "/iam/users/me";
+    assert_eq!(
+        header(
+            &gw.get(&format!("{users}?b=2&a=1"), KEY_ALPHA).await,
+            "x-cache"
+        ),
+        "MISS"
+    );
+    assert_eq!(
+        header(
+            &gw.get(&format!("{users}?a=1&b=2&"), KEY_ALPHA).await,
+            "x-cache"
+        ),
+        "HIT"
+    );
+    assert_eq!(
+        header(&gw.get(&format!("{users}?a=9"), KEY_ALPHA).await, "x-cache"),
+        "MISS"
+    );
+    let seen = up.seen();
+    assert_eq!(seen[1].path, users);
+    assert_eq!(seen[1].query.as_deref(), Some("a=1&b=2"));
+    assert_eq!(seen[2].query.as_deref(), Some("a=9"));
+    gw.stop().await;
+}

@@ -56,6 +56,9 @@ pub struct Entry {
     pub raw: Rendered,
     /// Config generation whose profile indexes `renders` follows.
     pub generation: u64,
+    /// How long the store keeps the entry: its TTL plus the larger stale window of the config
+    /// it was stored under (moka's per-entry expiry; freshness is decided from `fetched_at`).
+    pub retain: Duration,
     renders: Box<[OnceLock<Option<Rendered>>]>,
 }
 
@@ -84,8 +87,15 @@ impl Entry {
             ttl,
             raw: Rendered::new(body),
             generation,
+            retain: ttl,
             renders: (0..profiles).map(|_| OnceLock::new()).collect(),
         }
+    }
+
+    /// Sets how long the store keeps the entry (see [`Entry::retain`]).
+    pub fn retaining(mut self, stale_windows: Duration) -> Entry {
+        self.retain = self.ttl + stale_windows;
+        self
     }
 
     /// An answer another replica fetched `age` ago at wall-clock time `fetched_wall`.
@@ -119,6 +129,7 @@ impl Entry {
             ttl,
             raw: self.raw.clone(),
             generation,
+            retain: self.retain,
             renders: (0..profiles).map(|_| OnceLock::new()).collect(),
         }
     }

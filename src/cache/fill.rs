@@ -233,7 +233,8 @@ async fn l2_fresh(
         route.ttl,
         rt.generation,
         rt.config.profiles.len(),
-    );
+    )
+    .retaining(rt.config.stale_windows());
     if e.age(Instant::now()) >= e.ttl {
         return None;
     }
@@ -304,13 +305,16 @@ async fn fetch_upstream(
     match fetched {
         Ok(f) => {
             state.on_success(&gw.metrics);
-            let entry = Arc::new(Entry::new(
-                f.body,
-                Instant::now(),
-                route.ttl,
-                rt.generation,
-                rt.config.profiles.len(),
-            ));
+            let entry = Arc::new(
+                Entry::new(
+                    f.body,
+                    Instant::now(),
+                    route.ttl,
+                    rt.generation,
+                    rt.config.profiles.len(),
+                )
+                .retaining(rt.config.stale_windows()),
+            );
             gw.cache.insert(key.clone(), entry.clone()).await;
             Ok(entry)
         }

@@ -49,6 +49,30 @@ impl CacheStatus {
 type FillResult = Result<Arc<Entry>, UpstreamFailure>;
 pub(crate) type Flight = Shared<BoxFuture<'static, FillResult>>;
 
+/// moka's per-entry expiry: an entry lives for its `retain`, counted from when it is stored.
+struct Retain;
+
+impl moka::Expiry<CacheKey, Arc<Entry>> for Retain {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Entry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.retain.max(Duration::from_secs(1)))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<Entry>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.retain.max(Duration::from_secs(1)))
+    }
+}
+
 /// The cache store and the table of fills in progress.
 pub struct CacheStore {
     entries: Cache<CacheKey, Arc<Entry>>,
@@ -64,12 +88,13 @@ impl std::fmt::Debug for CacheStore {
 }
 
 impl CacheStore {
-    /// A store bounded by `max_bytes` of weighted size, keeping entries at most `retention`.
-    pub fn new(max_bytes: u64, retention: Duration) -> CacheStore {
+    /// A store bounded by `max_bytes` of weighted size; each entry is kept for its own
+    /// [`Entry::retain`], so a reload that changes TTLs or stale windows applies to new entries.
+    pub fn new(max_bytes: u64) -> CacheStore {
         let entries = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_k: &CacheKey, v: &Arc<Entry>| v.weight())
-            .time_to_live(retention.max(Duration::from_secs(1)))
+            .expire_after(Retain)
             .support_invalidation_closures()
             .build();
         CacheStore {

@@ -131,6 +131,10 @@ pub struct Route {
     pub index: usize,
     pub path: Arc<str>,
     pub ttl: Duration,
+    /// Whether the caller's (canonical) query string is forwarded and part of the cache key.
+    /// Off by default: otherwise any caller could bust the cache and spend the account's quota
+    /// with `?x=1`, `?x=2`, …
+    pub forward_query: bool,
 }
 
 /// One caller (team).
@@ -308,8 +312,15 @@ impl Config {
             .count()
     }
 
-    /// The longest time any entry can still be useful: the longest route TTL plus the larger
-    /// stale window. Bounds how long the cache keeps entries in memory.
+    /// How long past its TTL an entry can still be served (the larger stale window).
+    pub fn stale_windows(&self) -> Duration {
+        self.cache
+            .stale_while_revalidate
+            .max(self.cache.stale_if_error)
+    }
+
+    /// The longest time any entry can still be useful: the longest route TTL plus the stale
+    /// windows (how long the shared L2 keeps answers).
     pub fn max_retention(&self) -> Duration {
         let ttl = self
             .routes
@@ -317,10 +328,7 @@ impl Config {
             .map(|r| r.ttl)
             .max()
             .unwrap_or(self.cache.ttl);
-        ttl + self
-            .cache
-            .stale_while_revalidate
-            .max(self.cache.stale_if_error)
+        ttl + self.stale_windows()
     }
 }
 
@@ -620,6 +628,7 @@ impl Validator<'_> {
                 index: i,
                 path,
                 ttl,
+                forward_query: r.forward_query,
             }));
         }
         Ok((routes, by_path))

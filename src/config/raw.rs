@@ -169,6 +169,8 @@ pub struct RawRedis {
 pub struct RawRoute {
     pub path: String,
     pub ttl: Option<String>,
+    #[serde(default)]
+    pub forward_query: bool,
 }
 
 /// One `[profiles.NAME]` table.
@@ -279,5 +281,6 @@ fn default_routes() -> Vec<RawRoute> {
     vec![RawRoute {
         path: "/iam/clients/me".into(),
         ttl: None,
+        forward_query: false,
     }]
 }

@@ -169,7 +169,9 @@ fn builder(limits: &Limits) -> Builder<TokioExecutor> {
         // Off on purpose (hyper's default is 30 s): the connection watchdog times heads.
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_buf_size((limits.max_header_bytes + limits.max_uri_bytes + 1024).max(8192))
+        // Twice our own limits, so heads just over them reach `proxy` and get its JSON 414/431
+        // with a request id; only far larger ones are cut by hyper (a bare 431).
+        .max_buf_size(((limits.max_header_bytes + limits.max_uri_bytes) * 2 + 8192).max(16 * 1024))
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     builder
