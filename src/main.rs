@@ -190,7 +190,10 @@ fn health(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing(format: Option<LogFormat>) {
+/// Starts logging to stderr through a background writer thread, so no request waits on a
+/// `write(2)`; the returned guard flushes what is queued when dropped (at exit). The queue is
+/// lossless: when full, logging applies backpressure instead of dropping lines.
+fn init_tracing(format: Option<LogFormat>) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match format {
@@ -198,14 +201,19 @@ fn init_tracing(format: Option<LogFormat>) {
         Some(LogFormat::Pretty) => false,
         None => !std::io::stderr().is_terminal(),
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_ansi(!json && std::io::stderr().is_terminal())
+        .with_writer(writer);
     if json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
     }
+    guard
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -217,7 +225,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn serve(path: PathBuf, log: Option<LogFormat>) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    init_tracing(log);
+    let _log = init_tracing(log);
     server::install_panic_hook();
     let rt = runtime()?;
     rt.block_on(async move {
@@ -236,7 +244,7 @@ fn serve(path: PathBuf, log: Option<LogFormat>) -> anyhow::Result<()> {
 }
 
 fn demo_cmd(port: u16, log: Option<LogFormat>) -> anyhow::Result<()> {
-    init_tracing(log.or(Some(LogFormat::Pretty)));
+    let _log = init_tracing(log.or(Some(LogFormat::Pretty)));
     server::install_panic_hook();
     let rt = runtime()?;
     rt.block_on(async move {

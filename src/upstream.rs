@@ -131,6 +131,7 @@ impl Upstream {
         query: Option<&str>,
         deadline: Instant,
         admit: &(dyn Fn() -> Result<(), Duration> + Sync),
+        on_attempt: &(dyn Fn(&'static str, Duration) + Sync),
     ) -> Result<Fetched, UpstreamFailure> {
         let mut url = String::with_capacity(self.settings.base_url.len() + path.len() + 32);
         url.push_str(&self.settings.base_url);
@@ -147,10 +148,15 @@ impl Upstream {
         loop {
             attempt += 1;
             admit().map_err(|retry_after| UpstreamFailure::BudgetExhausted { retry_after })?;
-            let per_attempt = (Instant::now() + self.settings.timeout).min(deadline);
+            let started = Instant::now();
+            let per_attempt = (started + self.settings.timeout).min(deadline);
             let result = tokio::time::timeout_at(per_attempt, self.attempt(&url, &auth))
                 .await
                 .unwrap_or(Err(UpstreamFailure::Timeout));
+            on_attempt(
+                result.as_ref().map_or_else(|f| f.outcome(), |_| "ok"),
+                started.elapsed(),
+            );
             match result {
                 Ok(body) => {
                     return Ok(Fetched {
@@ -220,6 +226,9 @@ impl Upstream {
             }
             buf.extend_from_slice(&chunk);
         }
+        // Only well-formed JSON counts as an answer: profiles need it and callers expect it.
+        serde_json::from_slice::<serde::de::IgnoredAny>(&buf)
+            .map_err(|_| UpstreamFailure::InvalidBody)?;
         Ok(buf.freeze())
     }
 }

@@ -35,6 +35,7 @@ async fn metrics_move_with_requests_and_match_the_upstream_count() {
     let cfg = config(&up.url(), "")
         .replace("ttl = \"60s\"", "ttl = \"200ms\"")
         .replace("stale_if_error = \"0s\"", "stale_if_error = \"1m\"")
+        .replace("retries = 0", "retries = 2")
         .replace(
             "name = \"beta\"\nkeys",
             "name = \"beta\"\nrate = \"1/m\"\nburst = 1\nkeys",
@@ -49,7 +50,7 @@ async fn metrics_move_with_requests_and_match_the_upstream_count() {
     gw.get(ME, KEY_BETA).await; // 429
     gw.get(ME, "unknown-key").await; // 401
     tokio::time::sleep(Duration::from_millis(250)).await;
-    up.set_mode(Mode::Status(500));
+    up.set_mode(Mode::Status(503));
     gw.get(ME, KEY_ALPHA).await; // STALE (error)
     gw.get(ME, KEY_GAMMA).await; // 403
     let m = metrics(&gw).await;
@@ -77,7 +78,7 @@ async fn metrics_move_with_requests_and_match_the_upstream_count() {
         &format!("gateway_upstream_requests_total{{account=\"B\",route=\"{ME}\",outcome=\"ok\"}}"),
     );
     let failed = sample(&m, &format!("gateway_upstream_requests_total{{account=\"A\",route=\"{ME}\",outcome=\"bad_status\"}}"));
-    assert_eq!((ok, failed), (2.0, 1.0));
+    assert_eq!((ok, failed), (2.0, 3.0));
     assert_eq!(
         (ok + failed) as usize,
         up.calls(),

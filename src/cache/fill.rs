@@ -258,15 +258,30 @@ async fn fetch_upstream(
         outcome,
     };
     if let Err(f) = state.gate() {
+        // Not a call: the account is paused, negatively cached or its circuit is open.
         gw.metrics
             .upstream_requests
-            .get_or_create(&labels(f.outcome()))
+            .get_or_create(&labels("skipped"))
             .inc();
         return Err(f);
     }
     let admit = || match &rt.budget {
         Some(b) => b.admit(),
         None => Ok(()),
+    };
+    let duration = gw
+        .metrics
+        .upstream_duration
+        .get_or_create_owned(&AccountLabel {
+            account: state.account.name.clone(),
+        });
+    // Every HTTP attempt (retries included) is counted, so the metric equals what Gcore saw.
+    let on_attempt = |outcome: &'static str, took: Duration| {
+        gw.metrics
+            .upstream_requests
+            .get_or_create(&labels(outcome))
+            .inc();
+        duration.observe(took.as_secs_f64());
     };
     let started = Instant::now();
     let fetched = rt
@@ -277,31 +292,10 @@ async fn fetch_upstream(
             key.query.as_deref(),
             deadline,
             &admit,
+            &on_attempt,
         )
-        .await
-        .and_then(|f| {
-            // Only well-formed JSON is cached: profiles need it, and callers expect it.
-            serde_json::from_slice::<serde::de::IgnoredAny>(&f.body)
-                .map(|_| f)
-                .map_err(|_| UpstreamFailure::InvalidBody)
-        });
+        .await;
     let elapsed = started.elapsed();
-    let outcome = match &fetched {
-        Ok(_) => "ok",
-        Err(f) => f.outcome(),
-    };
-    gw.metrics
-        .upstream_requests
-        .get_or_create(&labels(outcome))
-        .inc();
-    if !matches!(fetched, Err(ref f) if f.is_local()) {
-        gw.metrics
-            .upstream_duration
-            .get_or_create(&AccountLabel {
-                account: state.account.name.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
-    }
     match fetched {
         Ok(f) => {
             state.on_success(&gw.metrics);
@@ -321,6 +315,10 @@ async fn fetch_upstream(
         Err(f) => {
             if matches!(f, UpstreamFailure::BudgetExhausted { .. }) {
                 gw.metrics.upstream_budget_exhausted.inc();
+                gw.metrics
+                    .upstream_requests
+                    .get_or_create(&labels("budget_exhausted"))
+                    .inc();
             }
             let up = &rt.config.upstream;
             state.on_failure(&f, (up.breaker_failures, up.breaker_cooldown), &gw.metrics);
