@@ -94,23 +94,35 @@ struct PurgeQuery {
 }
 
 async fn purge(State(gw): State<Arc<Gateway>>, Query(q): Query<PurgeQuery>) -> Response {
-    let rt = gw.runtime.load();
-    if let Some(a) = &q.account {
-        if !rt.config.accounts.iter().any(|acc| *acc.name == **a) {
-            return error(StatusCode::NOT_FOUND, "not_found", "no such account");
-        }
-    }
+    let rt = gw.runtime.load_full();
+    let state = match &q.account {
+        Some(a) => match rt.accounts.iter().find(|s| *s.account.name == **a) {
+            Some(s) => Some(s.clone()),
+            None => return error(StatusCode::NOT_FOUND, "not_found", "no such account"),
+        },
+        None => None,
+    };
     gw.cache.sync().await;
     let before = gw.cache.entry_count();
     gw.cache.purge(q.account.as_deref());
     gw.cache.sync().await;
     let purged = before.saturating_sub(gw.cache.entry_count());
+    // The shared L2 too, or the next miss would refill from it. Other replicas' L1 copies
+    // age out with their TTL (purge each replica for an immediate effect everywhere).
+    let redis_purged = match &gw.shared {
+        Some(shared) => match shared.purge(state.as_ref().map(|s| s.tag.as_str())).await {
+            Some(n) => json!(n),
+            None => json!("redis unavailable"),
+        },
+        None => serde_json::Value::Null,
+    };
     tracing::info!(
         account = q.account.as_deref().unwrap_or("*"),
         purged,
         "cache purged"
     );
-    Json(json!({"purged": purged, "account": q.account})).into_response()
+    Json(json!({"purged": purged, "account": q.account, "redis_purged": redis_purged}))
+        .into_response()
 }
 
 async fn reload(State(gw): State<Arc<Gateway>>) -> Response {

@@ -291,6 +291,47 @@ impl Shared {
             .await;
     }
 
+    /// Deletes the L2 copies of one account (`Some(tag)`) or of all accounts. Returns how many
+    /// keys were removed, `None` if Redis was unavailable. SCAN-based: never blocks Redis.
+    pub async fn purge(&self, account_tag: Option<&str>) -> Option<u64> {
+        let pattern = match account_tag {
+            Some(tag) => format!("{}c:{tag}:*", self.prefix),
+            None => format!("{}c:*", self.prefix),
+        };
+        let mut cursor: u64 = 0;
+        let mut removed = 0u64;
+        // Bounded: a SCAN over the keyspace ends when the cursor returns to 0; the cap only
+        // guards against a server that never does.
+        for _ in 0..100_000 {
+            let p = pattern.clone();
+            let (next, keys): (u64, Vec<String>) = self
+                .call("purge", |mut c| async move {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(p)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut c)
+                        .await
+                })
+                .await?;
+            if !keys.is_empty() {
+                let n: u64 = self
+                    .call("purge", |mut c| async move {
+                        redis::cmd("UNLINK").arg(keys).query_async(&mut c).await
+                    })
+                    .await?;
+                removed += n;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Some(removed)
+    }
+
     /// Tries to take the fill lock for `key` for `ttl`.
     pub async fn lock(&self, key: &CacheKey, account_tag: &str, ttl: Duration) -> Lock {
         let k = self.key("l", key, account_tag);

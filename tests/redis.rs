@@ -353,3 +353,31 @@ async fn upstream_calls_one_vs_three_replicas() {
     println!("upstream calls for 300 cold requests: 1 replica {}, 3 replicas without Redis {}, 3 replicas with Redis {}", counts[0], counts[1], counts[2]);
     assert_eq!(counts, vec![1, 3, 1]);
 }
+
+#[tokio::test]
+async fn purge_empties_the_shared_cache_too() {
+    let redis = Redis::start();
+    let up = FakeUpstream::start().await;
+    let cfg = shared_config(&up, &redis, "");
+    let g1 = Harness::start(&cfg).await;
+    let g2 = Harness::start(&cfg).await;
+    wait_redis_up(&[&g1, &g2]).await;
+    assert_eq!(header(&g1.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
+    assert_eq!(header(&g1.get(ME, KEY_BETA).await, "x-cache"), "MISS");
+    assert_eq!(up.calls(), 2);
+    let r = g1
+        .http
+        .post(g1.admin_url("/admin/cache/purge?account=A"))
+        .send()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["redis_purged"], 1, "{v}");
+    // g2 has no L1 copy and the L2 copy of A is gone: A goes upstream, B comes from Redis.
+    assert_eq!(header(&g2.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
+    assert_eq!(up.calls(), 3);
+    assert_eq!(g2.get(ME, KEY_BETA).await.status(), 200);
+    assert_eq!(up.calls(), 3, "B still shared");
+    g1.stop().await;
+    g2.stop().await;
+}
