@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `auth` | credential extraction from the headers; SHA-256 of the key plus the map lookup (1 and 10 000 keys) |
 //! | `cache` | a hit in the moka store (1 and 10 000 entries) |
-//! | `rate_limit` | one GCRA check of a client limiter that never refuses |
+//! | `rate_limit` | one GCRA check of a client limiter that never refuses; the per-IP failed-authentication throttle lookup every request makes |
 //! | `metrics` | the per-request counter and histogram updates (`gateway_requests_total`, `gateway_request_duration_seconds`) |
 //! | `hit_path` | `proxy::handle` for a cached answer, without and with the `minimal` profile (+ a rate): authentication, limit, routing, cache, redaction lookup, response assembly, metrics |
 //!
@@ -24,7 +24,7 @@ use gcore_gateway::auth::{self, KeyHash};
 use gcore_gateway::cache::{CacheKey, CacheStore, Entry};
 use gcore_gateway::config::{units::rate, Config};
 use gcore_gateway::metrics::RequestLabels;
-use gcore_gateway::rate_limit::{ClientLimiter, TokioClock};
+use gcore_gateway::rate_limit::{AuthThrottle, ClientLimiter, TokioClock};
 use gcore_gateway::state::{ConfigSource, Gateway};
 use http::{HeaderMap, HeaderValue, Request};
 
@@ -107,6 +107,7 @@ fn bench_auth(c: &mut Criterion) {
 fn cache_key(account: &str) -> CacheKey {
     CacheKey {
         account: account.into(),
+        key_fp: 0,
         route: ROUTE.into(),
         query: None,
     }
@@ -149,9 +150,16 @@ fn bench_rate_limit(c: &mut Criterion) {
         1_000_000_000,
         TokioClock::default(),
     );
-    c.bench_function("rate_limit/check_allowed", |b| {
+    let mut g = c.benchmark_group("rate_limit");
+    g.bench_function("client_check_allowed", |b| {
         b.iter(|| limiter.check().is_ok())
     });
+    // The failed-authentication throttle is consulted on every request, before the key.
+    let throttle = AuthThrottle::new(rate("30/m").unwrap(), TokioClock::default());
+    g.bench_function("auth_throttle_check_unblocked_ip", |b| {
+        b.iter(|| throttle.check(black_box(PEER)).is_ok())
+    });
+    g.finish();
 }
 
 /// A gateway whose cache already holds the answer for the bench account.

@@ -126,6 +126,7 @@ path = "{ROUTE}"
             .insert(
                 CacheKey {
                     account: "bench".into(),
+                    key_fp: 0,
                     route: ROUTE.into(),
                     query: None,
                 },

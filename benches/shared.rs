@@ -46,6 +46,7 @@ fn shared(c: &mut Criterion) {
     }
     let key = CacheKey {
         account: "main".into(),
+        key_fp: 0,
         route: "/iam/clients/me".into(),
         query: None,
     };

@@ -144,6 +144,7 @@ async fn pipeline<B>(
     let spec = FillSpec {
         key: CacheKey {
             account: account.name.clone(),
+            key_fp: rt.accounts[client.account].key_fp,
             route: route.path.clone(),
             query: query.map(Arc::from),
         },

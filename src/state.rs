@@ -55,6 +55,8 @@ pub struct AccountState {
     pub account: Arc<Account>,
     /// Names the account in Redis keys (a hash; see `shared::account_tag`).
     pub tag: String,
+    /// The first 8 bytes of `tag`: part of every cache key of this account.
+    pub key_fp: u64,
     consecutive_failures: AtomicU32,
     /// Until when calls are refused, and what callers are told meanwhile.
     blocked: Mutex<Option<(Instant, UpstreamFailure)>>,
@@ -63,8 +65,11 @@ pub struct AccountState {
 
 impl AccountState {
     pub fn new(account: Arc<Account>) -> Self {
+        let tag = crate::shared::account_tag(&account);
+        let key_fp = u64::from_str_radix(&tag[..16], 16).unwrap_or(0);
         Self {
-            tag: crate::shared::account_tag(&account),
+            tag,
+            key_fp,
             account,
             consecutive_failures: AtomicU32::new(0),
             blocked: Mutex::new(None),

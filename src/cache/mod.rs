@@ -20,10 +20,14 @@ pub use entry::{Entry, Freshness, Rendered};
 
 use crate::upstream::UpstreamFailure;
 
-/// What identifies one cached answer: account, route and canonical query.
+/// What identifies one cached answer: account (name and a fingerprint of its upstream key),
+/// route and canonical query. With the fingerprint in the key, answers fetched with an old key
+/// are never served for a new one, whatever a reload races with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     pub account: Arc<str>,
+    /// `AccountState::key_fp` of the account the answer was fetched for.
+    pub key_fp: u64,
     pub route: Arc<str>,
     pub query: Option<Arc<str>>,
 }
