@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::auth::{self, Credential, KeyHash};
+use crate::auth::KeyHash;
 use crate::state::Gateway;
 
 /// The admin router.
@@ -46,10 +46,14 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 async fn require_token(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
     let expected: Option<KeyHash> = gw.runtime.load().config.server.admin_token;
     if let Some(expected) = expected {
-        let ok = match auth::credential(req.headers()) {
-            Credential::Key(k) => KeyHash::of(k).ct_eq(&expected),
-            _ => false,
-        };
+        // Only `Authorization: Bearer <token>`, as the contract says (not the caller forms).
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes())
+            .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+            .map(|v| v[7..].trim_ascii());
+        let ok = token.is_some_and(|t| !t.is_empty() && KeyHash::of(t).ct_eq(&expected));
         if !ok {
             let mut resp = error(
                 StatusCode::UNAUTHORIZED,

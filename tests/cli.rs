@@ -319,3 +319,50 @@ async fn demo_shows_a_miss_then_a_hit() {
         "{banner}"
     );
 }
+
+#[tokio::test]
+async fn serve_is_the_default_subcommand_and_sigint_drains() {
+    let up = support::FakeUpstream::start().await;
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = support::config(&up.url(), "").replace(
+        "admin_listen = \"127.0.0.1:0\"",
+        &format!("admin_listen = \"127.0.0.1:{admin}\""),
+    );
+    let p = temp_config("default.toml", &text);
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--config", p.to_str().unwrap()])
+        .envs(support::secrets())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..200 {
+        if http
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "`gcore-gateway --config X` serves");
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "SIGINT drains and exits 0: {status:?}");
+}

@@ -441,3 +441,41 @@ async fn queries_are_ignored_unless_the_route_forwards_them() {
     assert_eq!(seen[2].query.as_deref(), Some("a=9"));
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn age_and_max_age_count_the_seconds() {
+    let up = FakeUpstream::start().await;
+    let cfg = config(&up.url(), "").replace("ttl = \"60s\"", "ttl = \"5s\"");
+    let gw = Harness::start(&cfg).await;
+    let r = gw.get(ME, KEY_ALPHA).await;
+    assert_eq!(header(&r, "cache-control"), "private, max-age=4");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = gw.get(ME, KEY_ALPHA).await;
+    assert_eq!(header(&r, "x-cache"), "HIT");
+    assert_eq!(header(&r, "age"), "2");
+    assert_eq!(header(&r, "cache-control"), "private, max-age=2");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_headers_on_every_answer_to_a_limited_client() {
+    let up = FakeUpstream::start().await;
+    let cfg = config(&up.url(), "").replace(
+        "name = \"gamma\"\nkeys",
+        "name = \"gamma\"\nrate = \"10/s\"\nkeys",
+    );
+    let gw = Harness::start(&cfg).await;
+    for (path, status) in [("/iam/users", 404), (ME, 403), ("/iam/users/me", 200)] {
+        let r = gw.get(path, KEY_GAMMA).await;
+        assert_eq!(r.status(), status, "{path}");
+        assert_eq!(header(&r, "ratelimit-limit"), "10", "{path}");
+        assert!(!header(&r, "ratelimit-remaining").is_empty(), "{path}");
+        assert!(!header(&r, "ratelimit-reset").is_empty(), "{path}");
+    }
+    up.set_mode(Mode::Status(500));
+    gw.gw.cache.purge(None);
+    let r = gw.get("/iam/users/me", KEY_GAMMA).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(header(&r, "ratelimit-limit"), "10");
+    gw.stop().await;
+}

@@ -446,3 +446,43 @@ async fn debug_prints_never_show_secrets() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn admin_token_only_as_bearer() {
+    let up = FakeUpstream::start().await;
+    let token = "admin-token-0123456789abcdef";
+    let cfg = config(&up.url(), "").replace(
+        "auth_failure_limit = \"off\"",
+        &format!(
+            "auth_failure_limit = \"off\"\nadmin_token_sha256 = \"{}\"",
+            hash(token)
+        ),
+    );
+    let gw = Harness::start(&cfg).await;
+    let url = gw.admin_url("/admin/clients");
+    let r = gw
+        .http
+        .get(&url)
+        .header("x-api-key", token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = gw
+        .http
+        .get(&url)
+        .header("authorization", format!("APIKey {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = gw
+        .http
+        .get(&url)
+        .header("authorization", format!("bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    gw.stop().await;
+}
