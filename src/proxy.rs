@@ -36,6 +36,8 @@ struct Outcome {
     client: Option<Arc<str>>,
     route: Option<Arc<str>>,
     cache: Option<CacheStatus>,
+    /// Upstream fetch time, when this request waited for one (MISS).
+    upstream: Option<std::time::Duration>,
 }
 
 /// Handles one caller request. Never panics on input; never sends caller bytes upstream.
@@ -47,6 +49,7 @@ pub async fn handle<B>(gw: Arc<Gateway>, peer: IpAddr, req: Request<B>) -> Respo
         client: None,
         route: None,
         cache: None,
+        upstream: None,
     };
     let mut rl_info = None;
     let result = pipeline(&gw, &rt, peer, &req, &mut outcome, &mut rl_info).await;
@@ -157,6 +160,9 @@ async fn pipeline<B>(
         .await
         .map_err(upstream_error)?;
     outcome.cache = Some(status);
+    if status == CacheStatus::Miss {
+        outcome.upstream = entry.fetch_latency;
+    }
     if status == CacheStatus::Hit {
         client_rt
             .usage
@@ -412,6 +418,7 @@ fn record<B>(
         status,
         cache,
         latency_us = elapsed.as_micros() as u64,
+        upstream_us = o.upstream.map(|d| d.as_micros() as u64),
     );
     gw.metrics
         .requests

@@ -383,6 +383,21 @@ async fn no_secret_anywhere_even_at_trace_level() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(logs.contains("gcore_gateway::access"), "access log present");
+    let miss = logs
+        .lines()
+        .find(|l| l.contains("gcore_gateway::access") && l.contains("\"cache\":\"MISS\""))
+        .expect("an access line for a MISS");
+    for field in [
+        "request_id",
+        "\"client\":\"alpha\"",
+        "\"route\":\"/iam/clients/me\"",
+        "\"method\":\"GET\"",
+        "\"status\":200",
+        "latency_us",
+        "upstream_us",
+    ] {
+        assert!(miss.contains(field), "{field} missing in {miss}");
+    }
     assert!(
         logs.contains("\"level\":\"DEBUG\"") || logs.contains("\"level\":\"TRACE\""),
         "trace logging was on"

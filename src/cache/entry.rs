@@ -56,6 +56,8 @@ pub struct Entry {
     pub raw: Rendered,
     /// Config generation whose profile indexes `renders` follows.
     pub generation: u64,
+    /// How long the upstream fetch that produced this entry took (`None`: from another replica).
+    pub fetch_latency: Option<Duration>,
     /// How long the store keeps the entry: its TTL plus the larger stale window of the config
     /// it was stored under (moka's per-entry expiry; freshness is decided from `fetched_at`).
     pub retain: Duration,
@@ -87,9 +89,16 @@ impl Entry {
             ttl,
             raw: Rendered::new(body),
             generation,
+            fetch_latency: None,
             retain: ttl,
             renders: (0..profiles).map(|_| OnceLock::new()).collect(),
         }
+    }
+
+    /// Records how long the upstream fetch took (for the access log of the MISS).
+    pub fn fetched_in(mut self, took: Duration) -> Entry {
+        self.fetch_latency = Some(took);
+        self
     }
 
     /// Sets how long the store keeps the entry (see [`Entry::retain`]).
@@ -129,6 +138,7 @@ impl Entry {
             ttl,
             raw: self.raw.clone(),
             generation,
+            fetch_latency: None,
             retain: self.retain,
             renders: (0..profiles).map(|_| OnceLock::new()).collect(),
         }

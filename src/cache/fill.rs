@@ -307,7 +307,8 @@ async fn fetch_upstream(
                     rt.generation,
                     rt.config.profiles.len(),
                 )
-                .retaining(rt.config.stale_windows()),
+                .retaining(rt.config.stale_windows())
+                .fetched_in(elapsed),
             );
             gw.cache.insert(key.clone(), entry.clone()).await;
             Ok(entry)
