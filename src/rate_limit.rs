@@ -130,6 +130,8 @@ pub struct AuthThrottle {
     >,
     /// IPs currently refused, with the instant they may try again. Bounded: a moka cache.
     blocked: moka::sync::Cache<IpAddr, tokio::time::Instant>,
+    /// Milliseconds (on the limiter clock) after which no IP is blocked any more.
+    latest_unblock_ms: std::sync::atomic::AtomicU64,
     pub rate: Rate,
 }
 
@@ -145,12 +147,23 @@ impl AuthThrottle {
                 .max_capacity(MAX_BLOCKED_IPS)
                 .time_to_live(rate.per)
                 .build(),
+            latest_unblock_ms: std::sync::atomic::AtomicU64::new(0),
             rate,
         }
     }
 
     /// `Err(retry_after)` when `ip` is currently blocked.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        // Fast path: no block outlives the latest one recorded, so past it nothing is blocked
+        // and the per-IP lookup is skipped (the common case on the hit path).
+        let now_ms = self.failures.clock().now().as_u64() / 1_000_000;
+        if now_ms
+            >= self
+                .latest_unblock_ms
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Ok(());
+        }
         match self.blocked.get(&ip) {
             Some(until) => {
                 let now = tokio::time::Instant::now();
@@ -171,8 +184,12 @@ impl AuthThrottle {
         match self.failures.check_key(&ip) {
             Ok(()) => Ok(()),
             Err(not_until) => {
-                let wait = not_until.wait_time_from(self.failures.clock().now());
+                let now = self.failures.clock().now();
+                let wait = not_until.wait_time_from(now);
                 self.blocked.insert(ip, tokio::time::Instant::now() + wait);
+                let until_ms = (now.as_u64() / 1_000_000) + wait.as_millis() as u64 + 1;
+                self.latest_unblock_ms
+                    .fetch_max(until_ms, std::sync::atomic::Ordering::AcqRel);
                 Err(wait)
             }
         }

@@ -199,6 +199,9 @@ impl ClientUsage {
 pub struct ClientRuntime {
     pub limiter: Option<Arc<ClientLimiter>>,
     pub usage: Arc<ClientUsage>,
+    /// `gateway_requests_total{client, route, 200, HIT}` per route index, looked up once here
+    /// so the hit path increments an atomic instead of hashing labels.
+    pub hits_200: Vec<prometheus_client::metrics::counter::Counter>,
 }
 
 /// One config generation with everything derived from it.
@@ -228,6 +231,7 @@ impl Runtime {
         generation: u64,
         prev: Option<&Runtime>,
         clock: &TokioClock,
+        metrics: &Metrics,
     ) -> Result<Runtime, RuntimeError> {
         let upstream = match prev {
             Some(p) if same_upstream_settings(p.upstream.settings(), &config.upstream) => {
@@ -275,7 +279,25 @@ impl Runtime {
                         _ => Arc::new(ClientLimiter::new(rate, c.burst, clock.clone())),
                     });
                 let usage = old.map(|o| o.usage.clone()).unwrap_or_default();
-                ClientRuntime { limiter, usage }
+                let hits_200 = config
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        metrics
+                            .requests
+                            .get_or_create_owned(&crate::metrics::RequestLabels {
+                                client: c.name.clone(),
+                                route: r.path.clone(),
+                                status: 200,
+                                cache: "HIT",
+                            })
+                    })
+                    .collect();
+                ClientRuntime {
+                    limiter,
+                    usage,
+                    hits_200,
+                }
             })
             .collect();
         Ok(Runtime {
@@ -357,7 +379,7 @@ impl Gateway {
             ),
             None => None,
         };
-        let runtime = Runtime::build(config, 1, None, &clock)?;
+        let runtime = Runtime::build(config, 1, None, &clock, &metrics)?;
         Ok(Arc::new(Gateway {
             runtime: ArcSwap::from_pointee(runtime),
             cache,
@@ -434,7 +456,13 @@ impl Gateway {
             ));
         }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let new = Arc::new(Runtime::build(config, generation, Some(&old), &self.clock)?);
+        let new = Arc::new(Runtime::build(
+            config,
+            generation,
+            Some(&old),
+            &self.clock,
+            &self.metrics,
+        )?);
         // Swap first, then drop cached answers of accounts that are gone or whose upstream key
         // changed: requests that start after the swap never refill from the old key.
         self.runtime.store(new.clone());

@@ -19,10 +19,10 @@ use crate::state::{AccountState, Gateway, Runtime};
 use crate::upstream::UpstreamFailure;
 
 /// What to fetch: the key plus what the fill needs from the request's config generation.
-pub struct FillSpec {
+pub struct FillSpec<'a> {
     pub key: CacheKey,
     pub account: usize,
-    pub route: Arc<Route>,
+    pub route: &'a Arc<Route>,
 }
 
 /// Cache-or-fetch for one request. Returns the entry to serve and how it was obtained, or the
@@ -30,7 +30,7 @@ pub struct FillSpec {
 pub async fn get_or_fetch(
     gw: &Arc<Gateway>,
     rt: &Arc<Runtime>,
-    spec: FillSpec,
+    spec: &FillSpec<'_>,
     deadline: Instant,
 ) -> Result<(Arc<Entry>, CacheStatus), UpstreamFailure> {
     let cache = &rt.config.cache;
@@ -41,7 +41,7 @@ pub async fn get_or_fetch(
             Freshness::Fresh => return Ok((e, CacheStatus::Hit)),
             Freshness::Revalidate => {
                 // Serve at once; one background refresh (joins any fill already running).
-                let _ = flight(gw, rt, &spec, now + rt.config.server.request_timeout);
+                let _ = flight(gw, rt, spec, now + rt.config.server.request_timeout);
                 gw.metrics
                     .stale_served
                     .get_or_create(&crate::metrics::ReasonLabel {
@@ -55,7 +55,7 @@ pub async fn get_or_fetch(
         },
         None => None,
     };
-    let (fl, joined) = flight(gw, rt, &spec, deadline);
+    let (fl, joined) = flight(gw, rt, spec, deadline);
     if joined {
         gw.metrics.coalesced.inc();
     }
@@ -80,7 +80,7 @@ pub async fn get_or_fetch(
 fn flight(
     gw: &Arc<Gateway>,
     rt: &Arc<Runtime>,
-    spec: &FillSpec,
+    spec: &FillSpec<'_>,
     deadline: Instant,
 ) -> (Flight, bool) {
     let mut inflight = gw.cache.inflight();
