@@ -278,20 +278,7 @@ async fn demo_shows_a_miss_then_a_hit() {
         .unwrap();
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/iam/clients/me");
-    let mut ready = false;
-    for _ in 0..100 {
-        if http
-            .get(format!("http://127.0.0.1:{}/readyz", port + 1))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "demo did not become ready");
+    support::wait_ready(&http, port + 1).await;
     let get = || {
         http.get(&url)
             .header("authorization", "APIKey demo-platform-key")
@@ -342,20 +329,7 @@ async fn serve_is_the_default_subcommand_and_sigint_drains() {
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..200 {
-        if http
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(ready, "`gcore-gateway --config X` serves");
+    support::wait_ready(&http, admin).await;
     std::process::Command::new("kill")
         .args(["-INT", &child.id().unwrap().to_string()])
         .status()

@@ -162,15 +162,7 @@ async fn hundred_concurrent_cold_requests_make_one_upstream_call() {
         assert_eq!(body, body_for("A", 1));
     }
     assert_eq!(up.calls(), 1);
-    let metrics = gw
-        .http
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("gateway_coalesced_requests_total 99"),
         "{metrics}"

@@ -8,17 +8,6 @@ use support::*;
 
 const ME: &str = "/iam/clients/me";
 
-async fn metrics(gw: &Harness) -> String {
-    gw.http
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// The value of the sample line starting with `series` (name plus labels), or 0.
 fn sample(text: &str, series: &str) -> f64 {
     text.lines()
@@ -53,7 +42,7 @@ async fn metrics_move_with_requests_and_match_the_upstream_count() {
     up.set_mode(Mode::Status(503));
     gw.get(ME, KEY_ALPHA).await; // STALE (error)
     gw.get(ME, KEY_GAMMA).await; // 403
-    let m = metrics(&gw).await;
+    let m = gw.metrics().await;
     assert_eq!(sample(&m, &req("alpha", ME, 200, "MISS")), 1.0, "{m}");
     assert_eq!(sample(&m, &req("alpha", ME, 200, "HIT")), 1.0);
     assert_eq!(sample(&m, &req("alpha", ME, 200, "STALE")), 1.0);
@@ -97,17 +86,8 @@ async fn purge_all_and_by_account_and_the_admin_views() {
     let gw = Harness::start(&config(&up.url(), "")).await;
     gw.get(ME, KEY_ALPHA).await;
     gw.get(ME, KEY_BETA).await;
-    let cache: serde_json::Value = serde_json::from_str(
-        &gw.http
-            .get(gw.admin_url("/admin/cache"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let cache: serde_json::Value =
+        serde_json::from_str(&gw.admin_text("/admin/cache").await).unwrap();
     assert_eq!(cache["entries"], 2, "{cache}");
     let text = cache.to_string();
     assert!(!text.contains("acme-widgets"), "no bodies in /admin/cache");
@@ -142,17 +122,8 @@ async fn purge_all_and_by_account_and_the_admin_views() {
     assert_eq!(r.status(), 200);
     assert_eq!(header(&gw.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
     assert_eq!(header(&gw.get(ME, KEY_BETA).await, "x-cache"), "MISS");
-    let clients: serde_json::Value = serde_json::from_str(
-        &gw.http
-            .get(gw.admin_url("/admin/clients"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let clients: serde_json::Value =
+        serde_json::from_str(&gw.admin_text("/admin/clients").await).unwrap();
     let alpha = clients["clients"]
         .as_array()
         .unwrap()
@@ -277,20 +248,7 @@ async fn no_secret_anywhere_even_at_trace_level() {
         .unwrap();
     let pid = child.id().unwrap();
     let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..200 {
-        if http
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(ready);
+    wait_ready(&http, admin).await;
     let url = format!("http://127.0.0.1:{port}{ME}");
     let mut seen_by_callers = String::new();
     let call = |r: reqwest::Response| async move {
@@ -419,14 +377,6 @@ async fn no_secret_anywhere_even_at_trace_level() {
     assert!(
         !logs.contains("Bad permanent token") && !seen_by_callers.contains("Bad permanent token")
     );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -79,15 +79,7 @@ async fn exactly_burst_successes_under_100_concurrent_requests() {
     }
     assert_eq!((ok, limited), (10, 90));
     assert_eq!(up.calls(), 1);
-    let clients = gw
-        .http
-        .get(gw.admin_url("/admin/clients"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let clients = gw.admin_text("/admin/clients").await;
     let v: serde_json::Value = serde_json::from_str(&clients).unwrap();
     let alpha = v["clients"]
         .as_array()
@@ -97,15 +89,7 @@ async fn exactly_burst_successes_under_100_concurrent_requests() {
         .unwrap();
     assert_eq!(alpha["requests"], 100);
     assert_eq!(alpha["rate_limited"], 90);
-    let metrics = gw
-        .http
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("gateway_rate_limited_total{client=\"alpha\"} 90"),
         "{metrics}"
@@ -228,12 +212,7 @@ async fn reload_changes_a_rate_without_restart() {
     assert_eq!(gw.get(ME, KEY_ALPHA).await.status(), 429);
     let new = with_rate(&up, "1/m", 5);
     gw.gw.set_embedded_text(new);
-    let r = gw
-        .http
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     let r = gw.get(ME, KEY_ALPHA).await;
     assert_eq!(r.status(), 200);

@@ -90,17 +90,6 @@ async fn wait_redis_up(gws: &[&Harness]) {
     panic!("gateways did not connect to Redis");
 }
 
-async fn metrics(gw: &Harness) -> String {
-    gw.http
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn three_replicas_300_cold_requests_one_upstream_call() {
     let redis = Redis::start();
@@ -136,7 +125,7 @@ async fn three_replicas_300_cold_requests_one_upstream_call() {
     let l2: f64 = {
         let mut n = 0.0;
         for g in &gws {
-            let m = metrics(g).await;
+            let m = g.metrics().await;
             assert!(m.contains("gateway_redis_up 1"), "{m}");
             n += m
                 .lines()
@@ -225,7 +214,7 @@ async fn redis_down_callers_still_served_then_shared_again() {
     let r = g2.get(ME, KEY_ALPHA).await;
     assert_eq!(r.status(), 200, "served without Redis");
     assert!(started.elapsed() < Duration::from_secs(2));
-    let m = metrics(&g2).await;
+    let m = g2.metrics().await;
     assert!(m.contains("gateway_redis_up 0"), "{m}");
     assert!(m.contains("gateway_redis_fallback_total"), "{m}");
     // Redis is back on the same port: shared again.

@@ -181,15 +181,7 @@ async fn connect_refused_cold_and_primed() {
         .unwrap();
     gw.gw
         .set_embedded_text(cfg.replace(&up.url(), &format!("http://{dead}")));
-    assert_eq!(
-        gw.http
-            .post(gw.admin_url("/admin/reload"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.reload().await.status(), 200);
     tokio::time::sleep(Duration::from_millis(250)).await;
     let r = gw.get(ME, KEY_ALPHA).await;
     assert_eq!(header(&r, "x-cache"), "STALE");
@@ -293,15 +285,7 @@ async fn circuit_breaker_opens_and_half_opens() {
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());
     assert_eq!(up.calls(), 3);
-    let m = gw
-        .http
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(m.contains("gateway_circuit_open{account=\"A\"} 1"), "{m}");
     // Half-open: one probe; it fails -> open again at once.
     tokio::time::sleep(Duration::from_millis(550)).await;
@@ -313,15 +297,7 @@ async fn circuit_breaker_opens_and_half_opens() {
     up.set_mode(Mode::Normal);
     tokio::time::sleep(Duration::from_millis(550)).await;
     assert_eq!(gw.get(ME, KEY_ALPHA).await.status(), 200);
-    let m = gw
-        .http
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(m.contains("gateway_circuit_open{account=\"A\"} 0"), "{m}");
     // Account B was never affected by A's breaker.
     assert_eq!(gw.get(ME, KEY_BETA).await.status(), 200);
@@ -354,12 +330,7 @@ async fn reload_adds_a_client_keeps_the_cache_and_rejects_broken_configs() {
         hash(new_key)
     );
     gw.gw.set_embedded_text(added.clone());
-    let r = gw
-        .http
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     let r = gw.get(ME, new_key).await;
     assert_eq!(r.status(), 200);
@@ -372,12 +343,7 @@ async fn reload_adds_a_client_keeps_the_cache_and_rejects_broken_configs() {
     // A broken config is refused with the reason; the old one keeps serving.
     gw.gw
         .set_embedded_text(added.replace("ttl = \"60s\"", "ttl = \"often\""));
-    let r = gw
-        .http
-        .post(gw.admin_url("/admin/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 400);
     let body = r.text().await.unwrap();
     assert!(body.contains("cache.ttl"), "{body}");
@@ -388,26 +354,10 @@ async fn reload_adds_a_client_keeps_the_cache_and_rejects_broken_configs() {
     let mut env_changed = added.replace("TEST_SECRET_A", "TEST_SECRET_B");
     env_changed.push('\n');
     gw.gw.set_embedded_text(env_changed);
-    assert_eq!(
-        gw.http
-            .post(gw.admin_url("/admin/reload"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(gw.reload().await.status(), 200);
     assert_eq!(header(&gw.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
     assert_eq!(header(&gw.get(ME, KEY_BETA).await, "x-cache"), "HIT");
-    let m = gw
-        .http
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gw.metrics().await;
     assert!(
         m.contains("gateway_config_reloads_total{result=\"ok\"} 2"),
         "{m}"
@@ -426,14 +376,6 @@ fn write_config(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
     p
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -441,21 +383,6 @@ fn signal(pid: u32, sig: &str) {
         .unwrap()
         .success();
     assert!(ok);
-}
-
-async fn wait_ready(http: &reqwest::Client, admin: u16) {
-    for _ in 0..200 {
-        if http
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("gateway not ready");
 }
 
 #[tokio::test]

@@ -348,6 +348,37 @@ impl Harness {
             .unwrap()
     }
 
+    /// The text of an admin GET (e.g. `/metrics`, `/admin/clients`).
+    pub async fn admin_text(&self, path: &str) -> String {
+        self.http
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `/metrics` as text.
+    pub async fn metrics(&self) -> String {
+        self.admin_text("/metrics").await
+    }
+
+    /// An admin GET parsed as JSON.
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        serde_json::from_str(&self.admin_text(path).await).unwrap()
+    }
+
+    /// `POST /admin/reload`.
+    pub async fn reload(&self) -> reqwest::Response {
+        self.http
+            .post(self.admin_url("/admin/reload"))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
@@ -356,6 +387,31 @@ impl Harness {
             let _ = t.await;
         }
     }
+}
+
+/// A free loopback port (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until a gateway (binary) answers 200 on its admin `/readyz`.
+pub async fn wait_ready(http: &reqwest::Client, admin_port: u16) {
+    for _ in 0..200 {
+        if http
+            .get(format!("http://127.0.0.1:{admin_port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("gateway on admin port {admin_port} did not become ready");
 }
 
 pub fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
