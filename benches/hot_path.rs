@@ -12,13 +12,14 @@
 //! sockets is `bench/run.sh`; see BENCHMARKS.md.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+mod common;
+use common::async_batched;
 use criterion::{criterion_group, criterion_main, Criterion};
 use gcore_gateway::auth::{self, KeyHash};
 use gcore_gateway::cache::{CacheKey, CacheStore, Entry};
@@ -40,37 +41,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
-}
-
-/// Times `iters` runs of an async routine inside one `block_on` (so the runtime entry is not
-/// part of the measurement); inputs are built untimed, in chunks.
-fn async_batched<I, S, F, Fut>(
-    rt: &tokio::runtime::Runtime,
-    iters: u64,
-    mut setup: S,
-    mut routine: F,
-) -> Duration
-where
-    S: FnMut() -> I,
-    F: FnMut(I) -> Fut,
-    Fut: Future,
-{
-    const CHUNK: u64 = 4096;
-    let mut total = Duration::ZERO;
-    let mut left = iters;
-    while left > 0 {
-        let n = left.min(CHUNK);
-        let inputs: Vec<I> = (0..n).map(|_| setup()).collect();
-        total += rt.block_on(async {
-            let start = Instant::now();
-            for input in inputs {
-                black_box(routine(input).await);
-            }
-            start.elapsed()
-        });
-        left -= n;
-    }
-    total
 }
 
 fn key_map(n: usize) -> HashMap<KeyHash, usize> {

@@ -11,13 +11,14 @@
 //! kept short: the development machine has 2 slow cores.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+mod common;
+use common::async_batched;
 use criterion::{criterion_group, criterion_main, Criterion};
 use gcore_gateway::auth::KeyHash;
 use gcore_gateway::cache::{CacheKey, Entry};
@@ -158,37 +159,6 @@ fn request(client: &str) -> Request<()> {
         )
         .body(())
         .unwrap()
-}
-
-/// Times `iters` runs of an async routine inside one `block_on` per chunk (so entering the
-/// runtime is not measured); inputs are built untimed.
-fn async_batched<I, S, F, Fut>(
-    rt: &tokio::runtime::Runtime,
-    iters: u64,
-    mut setup: S,
-    mut routine: F,
-) -> Duration
-where
-    S: FnMut() -> I,
-    F: FnMut(I) -> Fut,
-    Fut: Future,
-{
-    const CHUNK: u64 = 4096;
-    let mut total = Duration::ZERO;
-    let mut left = iters;
-    while left > 0 {
-        let n = left.min(CHUNK);
-        let inputs: Vec<I> = (0..n).map(|_| setup()).collect();
-        total += rt.block_on(async {
-            let start = Instant::now();
-            for input in inputs {
-                black_box(routine(input).await);
-            }
-            start.elapsed()
-        });
-        left -= n;
-    }
-    total
 }
 
 fn bench_hit(c: &mut Criterion) {
