@@ -143,23 +143,9 @@ async fn hundred_concurrent_cold_requests_make_one_upstream_call() {
     let up = FakeUpstream::start().await;
     up.set_delay(Duration::from_millis(300));
     let gw = Harness::start(&config(&up.url(), "")).await;
-    let mut tasks = Vec::new();
-    for _ in 0..100 {
-        let (http, url) = (gw.http.clone(), gw.url(ME));
-        tasks.push(tokio::spawn(async move {
-            let r = http
-                .get(url)
-                .header("authorization", format!("APIKey {KEY_ALPHA}"))
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }));
-    }
-    for t in tasks {
-        let (status, body) = t.await.unwrap();
-        assert_eq!(status, 200);
-        assert_eq!(body, body_for("A", 1));
+    for a in concurrent_gets(&[&gw], ME, KEY_ALPHA, 100).await {
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body, body_for("A", 1));
     }
     assert_eq!(up.calls(), 1);
     let metrics = gw.metrics().await;

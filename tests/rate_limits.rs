@@ -53,25 +53,9 @@ async fn burst_then_429_with_consistent_headers_and_recovery() {
 async fn exactly_burst_successes_under_100_concurrent_requests() {
     let up = FakeUpstream::start().await;
     let gw = Harness::start(&with_rate(&up, "1/m", 10)).await;
-    let mut tasks = Vec::new();
-    for _ in 0..100 {
-        let (http, url) = (gw.http.clone(), gw.url(ME));
-        tasks.push(tokio::spawn(async move {
-            let r = http
-                .get(url)
-                .header("x-api-key", KEY_ALPHA)
-                .send()
-                .await
-                .unwrap();
-            (
-                r.status().as_u16(),
-                r.headers().get("retry-after").is_some(),
-            )
-        }));
-    }
     let (mut ok, mut limited) = (0, 0);
-    for t in tasks {
-        match t.await.unwrap() {
+    for a in concurrent_gets(&[&gw], ME, KEY_ALPHA, 100).await {
+        match (a.status, a.headers.contains_key("retry-after")) {
             (200, _) => ok += 1,
             (429, true) => limited += 1,
             other => panic!("unexpected {other:?}"),

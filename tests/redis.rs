@@ -102,24 +102,10 @@ async fn three_replicas_300_cold_requests_one_upstream_call() {
         Harness::start(&cfg).await,
     ];
     wait_redis_up(&gws.iter().collect::<Vec<_>>()).await;
-    let mut tasks = Vec::new();
-    for i in 0..300 {
-        let g = &gws[i % 3];
-        let (http, url) = (g.http.clone(), g.url(ME));
-        tasks.push(tokio::spawn(async move {
-            let r = http
-                .get(url)
-                .header("x-api-key", KEY_ALPHA)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
-        }));
-    }
-    for t in tasks {
-        let (status, body) = t.await.unwrap();
-        assert_eq!(status, 200);
-        assert_eq!(body, body_for("A", 1));
+    let refs: Vec<&Harness> = gws.iter().collect();
+    for a in concurrent_gets(&refs, ME, KEY_ALPHA, 300).await {
+        assert_eq!(a.status, 200);
+        assert_eq!(a.body, body_for("A", 1));
     }
     assert_eq!(up.calls(), 1, "one upstream call for three replicas");
     let l2: f64 = {
@@ -155,29 +141,14 @@ async fn a_burst_of_10_holds_across_three_replicas() {
         Harness::start(&cfg).await,
     ];
     wait_redis_up(&gws.iter().collect::<Vec<_>>()).await;
-    let mut tasks = Vec::new();
-    for i in 0..45 {
-        let g = &gws[i % 3];
-        let (http, url) = (g.http.clone(), g.url(ME));
-        tasks.push(tokio::spawn(async move {
-            let r = http
-                .get(url)
-                .header("x-api-key", KEY_ALPHA)
-                .send()
-                .await
-                .unwrap();
-            let remaining = r
-                .headers()
-                .get("ratelimit-remaining")
-                .map(|v| v.to_str().unwrap().to_string());
-            (r.status().as_u16(), remaining)
-        }));
-    }
+    let refs: Vec<&Harness> = gws.iter().collect();
     let mut ok = 0;
-    for t in tasks {
-        let (status, remaining) = t.await.unwrap();
-        assert!(remaining.is_some(), "RateLimit headers in shared mode too");
-        match status {
+    for a in concurrent_gets(&refs, ME, KEY_ALPHA, 45).await {
+        assert!(
+            a.headers.contains_key("ratelimit-remaining"),
+            "RateLimit headers in shared mode too"
+        );
+        match a.status {
             200 => ok += 1,
             429 => {}
             s => panic!("unexpected {s}"),
@@ -297,22 +268,8 @@ async fn a_dead_lock_holder_is_taken_over_after_expiry() {
 #[tokio::test]
 async fn upstream_calls_one_vs_three_replicas() {
     async fn storm(gws: &[&Harness]) {
-        let mut tasks = Vec::new();
-        for i in 0..300 {
-            let g = gws[i % gws.len()];
-            let (http, url) = (g.http.clone(), g.url(ME));
-            tasks.push(tokio::spawn(async move {
-                http.get(url)
-                    .header("x-api-key", KEY_ALPHA)
-                    .send()
-                    .await
-                    .unwrap()
-                    .status()
-                    .as_u16()
-            }));
-        }
-        for t in tasks {
-            assert_eq!(t.await.unwrap(), 200);
+        for a in concurrent_gets(gws, ME, KEY_ALPHA, 300).await {
+            assert_eq!(a.status, 200);
         }
     }
     let redis = Redis::start();

@@ -234,26 +234,9 @@ async fn stale_while_revalidate_makes_one_background_call() {
     up.set_version("A", 2);
     up.set_delay(Duration::from_millis(200));
     let started = std::time::Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let (http, url) = (gw.http.clone(), gw.url(ME));
-        tasks.push(tokio::spawn(async move {
-            let r = http
-                .get(url)
-                .header("x-api-key", KEY_ALPHA)
-                .send()
-                .await
-                .unwrap();
-            (
-                r.headers()["x-cache"].to_str().unwrap().to_string(),
-                r.text().await.unwrap(),
-            )
-        }));
-    }
-    for t in tasks {
-        let (cache, body) = t.await.unwrap();
-        assert_eq!(cache, "STALE");
-        assert_eq!(body, body_for("A", 1));
+    for a in concurrent_gets(&[&gw], ME, KEY_ALPHA, 50).await {
+        assert_eq!(a.headers["x-cache"], "STALE");
+        assert_eq!(a.body, body_for("A", 1));
     }
     assert!(
         started.elapsed() < Duration::from_millis(200),

@@ -389,6 +389,38 @@ impl Harness {
     }
 }
 
+/// One answer of [`concurrent_gets`].
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+/// Sends `n` GETs of `path` with `X-Api-Key: key` at once, spread round-robin over `gws`, and
+/// returns the answers in the order sent.
+pub async fn concurrent_gets(gws: &[&Harness], path: &str, key: &str, n: usize) -> Vec<Answer> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let g = gws[i % gws.len()];
+            let (http, url, key) = (g.http.clone(), g.url(path), key.to_string());
+            tokio::spawn(async move {
+                let r = http.get(url).header("x-api-key", key).send().await.unwrap();
+                let (status, headers) = (r.status().as_u16(), r.headers().clone());
+                Answer {
+                    status,
+                    headers,
+                    body: r.text().await.unwrap(),
+                }
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
 /// A free loopback port (bound and released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
