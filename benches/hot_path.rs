@@ -23,10 +23,10 @@ use common::async_batched;
 use criterion::{criterion_group, criterion_main, Criterion};
 use gcore_gateway::auth::{self, KeyHash};
 use gcore_gateway::cache::{CacheKey, CacheStore, Entry};
-use gcore_gateway::config::{units::rate, Config};
+use gcore_gateway::config::units::rate;
 use gcore_gateway::metrics::RequestLabels;
 use gcore_gateway::rate_limit::{AuthThrottle, ClientLimiter, TokioClock};
-use gcore_gateway::state::{ConfigSource, Gateway};
+use gcore_gateway::state::Gateway;
 use http::{HeaderMap, HeaderValue, Request};
 
 /// The 1.7 KB `GET /iam/clients/me` answer the load test serves.
@@ -134,26 +134,8 @@ fn bench_rate_limit(c: &mut Criterion) {
 
 /// A gateway whose cache already holds the answer for the bench account.
 fn gateway(rt: &tokio::runtime::Runtime) -> Arc<Gateway> {
-    let text = format!(
+    let tables = format!(
         r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[upstream]
-base_url = "http://127.0.0.1:9"
-allow_insecure_http = true
-
-[[accounts]]
-name = "bench"
-api_key_env = "BENCH_UPSTREAM_KEY"
-
-[cache]
-ttl = "10m"
-
-[[routes]]
-path = "{ROUTE}"
-
 [profiles.minimal]
 allow = [
   "$.id", "$.status", "$.deleted", "$.capabilities", "$.serviceStatuses",
@@ -177,33 +159,7 @@ burst = 1000000000
         plain = KeyHash::of(KEY_PLAIN.as_bytes()),
         minimal = KeyHash::of(KEY_MINIMAL.as_bytes()),
     );
-    let env = HashMap::from([(
-        "BENCH_UPSTREAM_KEY".to_string(),
-        "bench-upstream-key".to_string(),
-    )]);
-    let config = Config::parse(&text, "bench config", &env).expect("valid bench config");
-    let gw = rt.block_on(async {
-        let gw = Gateway::new(
-            config,
-            ConfigSource::Embedded {
-                text: text.clone(),
-                origin: "bench config".into(),
-                env: env.clone(),
-            },
-        )
-        .expect("gateway");
-        let runtime = gw.runtime.load_full();
-        let entry = Entry::new(
-            Bytes::from_static(BODY),
-            tokio::time::Instant::now(),
-            Duration::from_secs(600),
-            runtime.generation,
-            runtime.config.profiles.len(),
-        );
-        gw.cache.insert(cache_key("bench"), Arc::new(entry)).await;
-        gw
-    });
-    gw
+    common::primed_gateway(rt, &tables, BODY)
 }
 
 fn request(key: &str) -> Request<()> {

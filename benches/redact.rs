@@ -10,7 +10,6 @@
 //! `cargo bench --bench redact` (add `-- redact_cold` to run one group). Measurement time is
 //! kept short: the development machine has 2 slow cores.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -21,10 +20,9 @@ mod common;
 use common::async_batched;
 use criterion::{criterion_group, criterion_main, Criterion};
 use gcore_gateway::auth::KeyHash;
-use gcore_gateway::cache::{CacheKey, Entry};
-use gcore_gateway::config::Config;
+use gcore_gateway::cache::Entry;
 use gcore_gateway::redact::Profile;
-use gcore_gateway::state::{ConfigSource, Gateway};
+use gcore_gateway::state::Gateway;
 use http::Request;
 
 /// The example Gcore answer to `GET /iam/clients/me` (3 users, ≈ 3.9 KB pretty-printed).
@@ -70,72 +68,17 @@ fn shipped_profiles() -> String {
 
 /// A gateway with the shipped profiles, three clients without rates, and the answer cached.
 fn gateway(rt: &tokio::runtime::Runtime) -> Arc<Gateway> {
-    let mut text = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-
-[upstream]
-base_url = "http://127.0.0.1:9"
-allow_insecure_http = true
-
-[[accounts]]
-name = "bench"
-api_key_env = "BENCH_UPSTREAM_KEY"
-
-[cache]
-ttl = "10m"
-
-[[routes]]
-path = "{ROUTE}"
-
-{}
-"#,
-        shipped_profiles()
-    );
+    let mut tables = shipped_profiles();
     for (name, profile) in CLIENTS {
-        text.push_str(&format!(
+        tables.push_str(&format!(
             "\n[[clients]]\nname = \"{name}\"\nkeys = [\"{}\"]\naccount = \"bench\"\n",
             KeyHash::of(key(name).as_bytes())
         ));
         if let Some(p) = profile {
-            text.push_str(&format!("profile = \"{p}\"\n"));
+            tables.push_str(&format!("profile = \"{p}\"\n"));
         }
     }
-    let env = HashMap::from([("BENCH_UPSTREAM_KEY".to_string(), "1_bench".to_string())]);
-    let config = Config::parse(&text, "bench config", &env).expect("valid bench config");
-    rt.block_on(async {
-        let gw = Gateway::new(
-            config,
-            ConfigSource::Embedded {
-                text: text.clone(),
-                origin: "bench config".into(),
-                env: env.clone(),
-            },
-        )
-        .expect("gateway");
-        let runtime = gw.runtime.load_full();
-        let entry = Entry::new(
-            Bytes::from_static(BODY),
-            tokio::time::Instant::now(),
-            Duration::from_secs(600),
-            runtime.generation,
-            runtime.config.profiles.len(),
-        );
-        gw.cache
-            .insert(
-                CacheKey {
-                    account: "bench".into(),
-                    key_fp: 0,
-                    route: ROUTE.into(),
-                    query: None,
-                },
-                Arc::new(entry),
-            )
-            .await;
-        gw
-    })
+    common::primed_gateway(rt, &tables, BODY)
 }
 
 /// The shipped profile `name`, with its index in the config's profile table.

@@ -34,3 +34,55 @@ where
     }
     total
 }
+
+/// A gateway on a dead upstream (`127.0.0.1:9`) with one account `bench`, the route
+/// `/iam/clients/me`, the given `[profiles]`/`[[clients]]` TOML, and `body` cached for the
+/// account under its real cache key, so `proxy::handle` benches measure hits only.
+pub fn primed_gateway(
+    rt: &tokio::runtime::Runtime,
+    tables: &str,
+    body: &'static [u8],
+) -> std::sync::Arc<gcore_gateway::state::Gateway> {
+    use gcore_gateway::cache::{CacheKey, Entry};
+    use gcore_gateway::config::Config;
+    use gcore_gateway::state::{ConfigSource, Gateway};
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
+         [upstream]\nbase_url = \"http://127.0.0.1:9\"\nallow_insecure_http = true\n\n\
+         [[accounts]]\nname = \"bench\"\napi_key_env = \"BENCH_UPSTREAM_KEY\"\n\n\
+         [cache]\nttl = \"10m\"\n\n[[routes]]\npath = \"/iam/clients/me\"\n\n{tables}\n"
+    );
+    let env = std::collections::HashMap::from([(
+        "BENCH_UPSTREAM_KEY".to_string(),
+        "1_bench-upstream-key".to_string(),
+    )]);
+    let config = Config::parse(&text, "bench config", &env).expect("valid bench config");
+    rt.block_on(async {
+        let gw = Gateway::new(
+            config,
+            ConfigSource::Embedded {
+                text: text.clone(),
+                origin: "bench config".into(),
+                env,
+            },
+        )
+        .expect("gateway");
+        let runtime = gw.runtime.load_full();
+        let account = &runtime.accounts[0];
+        let entry = Entry::new(
+            bytes::Bytes::from_static(body),
+            tokio::time::Instant::now(),
+            Duration::from_secs(600),
+            runtime.generation,
+            runtime.config.profiles.len(),
+        );
+        let key = CacheKey {
+            account: account.account.name.clone(),
+            key_fp: account.key_fp,
+            route: runtime.config.routes[0].path.clone(),
+            query: None,
+        };
+        gw.cache.insert(key, std::sync::Arc::new(entry)).await;
+        gw
+    })
+}
