@@ -310,15 +310,7 @@ async fn demo_shows_a_miss_then_a_hit() {
 #[tokio::test]
 async fn serve_is_the_default_subcommand_and_sigint_drains() {
     let up = support::FakeUpstream::start().await;
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = support::config(&up.url(), "").replace(
-        "admin_listen = \"127.0.0.1:0\"",
-        &format!("admin_listen = \"127.0.0.1:{admin}\""),
-    );
+    let (text, _, admin) = support::on_free_ports(&support::config(&up.url(), ""));
     let p = temp_config("default.toml", &text);
     let mut child = tokio::process::Command::new(BIN)
         .args(["--config", p.to_str().unwrap()])

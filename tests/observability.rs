@@ -227,17 +227,8 @@ async fn admin_token_is_enforced_except_on_health() {
 #[tokio::test]
 async fn no_secret_anywhere_even_at_trace_level() {
     let up = FakeUpstream::start().await;
-    let port = free_port();
-    let admin = free_port();
-    let text = config(&up.url(), "")
-        .replace(
-            "admin_listen = \"127.0.0.1:0\"",
-            &format!("admin_listen = \"127.0.0.1:{admin}\""),
-        )
-        .replace(
-            "\nlisten = \"127.0.0.1:0\"",
-            &format!("\nlisten = \"127.0.0.1:{port}\""),
-        )
+    let (text, port, admin) = on_free_ports(&config(&up.url(), ""));
+    let text = text
         .replace("ttl = \"60s\"", "ttl = \"200ms\"")
         .replace("stale_if_error = \"0s\"", "stale_if_error = \"1m\"")
         .replace(

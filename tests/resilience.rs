@@ -371,16 +371,7 @@ fn signal(pid: u32, sig: &str) {
 #[tokio::test]
 async fn binary_sighup_reloads_and_sigterm_drains_a_slow_request() {
     let up = FakeUpstream::start().await;
-    let (port, admin) = (free_port(), free_port());
-    let text = config(&up.url(), "")
-        .replace(
-            "admin_listen = \"127.0.0.1:0\"",
-            &format!("admin_listen = \"127.0.0.1:{admin}\""),
-        )
-        .replace(
-            "\nlisten = \"127.0.0.1:0\"",
-            &format!("\nlisten = \"127.0.0.1:{port}\""),
-        );
+    let (text, port, admin) = on_free_ports(&config(&up.url(), ""));
     let dir = std::env::temp_dir().join(format!("gcore-gateway-res-{}", std::process::id()));
     let path = write_config(&dir, &text);
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gcore-gateway"))

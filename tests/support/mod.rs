@@ -430,6 +430,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Puts `text`'s caller and admin listeners on free fixed ports (a binary under test prints no
+/// port, so the test must know them); returns the text and the two ports.
+pub fn on_free_ports(text: &str) -> (String, u16, u16) {
+    let (port, admin) = (free_port(), free_port());
+    let text = text
+        .replace(
+            "admin_listen = \"127.0.0.1:0\"",
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+        )
+        .replace(
+            "\nlisten = \"127.0.0.1:0\"",
+            &format!("\nlisten = \"127.0.0.1:{port}\""),
+        );
+    (text, port, admin)
+}
+
 /// Waits until a gateway (binary) answers 200 on its admin `/readyz`.
 pub async fn wait_ready(http: &reqwest::Client, admin_port: u16) {
     for _ in 0..200 {
