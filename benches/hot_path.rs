@@ -22,11 +22,12 @@ mod common;
 use common::async_batched;
 use criterion::{criterion_group, criterion_main, Criterion};
 use gcore_gateway::auth::{self, KeyHash};
-use gcore_gateway::cache::{CacheKey, CacheStore, Entry};
+use gcore_gateway::bench_api::{
+    AuthThrottle, CacheKey, CacheStore, ClientLimiter, Entry, Origin, RequestLabels, TokioClock,
+    UpstreamFailure,
+};
 use gcore_gateway::config::units::rate;
-use gcore_gateway::metrics::RequestLabels;
-use gcore_gateway::rate_limit::{AuthThrottle, ClientLimiter, TokioClock};
-use gcore_gateway::state::Gateway;
+use gcore_gateway::Gateway;
 use http::{HeaderMap, HeaderValue, Request};
 
 /// The 1.7 KB `GET /iam/clients/me` answer the load test serves.
@@ -75,26 +76,21 @@ fn bench_auth(c: &mut Criterion) {
 }
 
 fn cache_key(account: &str) -> CacheKey {
-    CacheKey {
-        account: account.into(),
-        key_fp: 0,
-        route: ROUTE.into(),
-        query: None,
-    }
+    CacheKey::new(account.into(), 0, ROUTE.into(), None)
 }
 
 fn bench_cache(c: &mut Criterion) {
     let rt = runtime();
     let mut g = c.benchmark_group("cache");
     for n in [1usize, 10_000] {
-        let store = CacheStore::new(1 << 30);
+        let store = CacheStore::<UpstreamFailure>::new(1 << 30);
         rt.block_on(async {
             for i in 0..n {
                 let entry = Entry::new(
                     Bytes::copy_from_slice(BODY),
                     tokio::time::Instant::now(),
+                    Origin::Upstream(Duration::ZERO),
                     Duration::from_secs(600),
-                    1,
                     1,
                 );
                 store
@@ -203,8 +199,7 @@ fn bench_hit_path(c: &mut Criterion) {
 }
 
 fn bench_metrics(c: &mut Criterion) {
-    let rt = runtime();
-    let gw = gateway(&rt);
+    let metrics = gcore_gateway::bench_api::Metrics::new();
     let labels = RequestLabels {
         client: "plain".into(),
         route: ROUTE.into(),
@@ -214,14 +209,14 @@ fn bench_metrics(c: &mut Criterion) {
     let mut g = c.benchmark_group("metrics");
     g.bench_function("requests_total_inc", |b| {
         b.iter(|| {
-            gw.metrics
+            metrics
                 .requests
                 .get_or_create(black_box(&labels.clone()))
                 .inc()
         })
     });
     g.bench_function("request_duration_observe", |b| {
-        b.iter(|| gw.metrics.request_duration.observe(black_box(0.000_2)))
+        b.iter(|| metrics.request_duration.observe(black_box(0.000_2)))
     });
     g.finish();
 }

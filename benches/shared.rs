@@ -6,15 +6,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use gcore_gateway::cache::CacheKey;
+use gcore_gateway::bench_api::{shared_rate_limit, CacheKey, Metrics, Redis};
 use gcore_gateway::config::units::rate;
 use gcore_gateway::config::Config;
-use gcore_gateway::metrics::Metrics;
-use gcore_gateway::shared::Shared;
 
 const BODY: &str = include_str!("../tests/fixtures/clients_me.json");
 
@@ -30,8 +27,8 @@ fn shared(c: &mut Criterion) {
     );
     let config = Config::parse(&text, "bench", &HashMap::new()).unwrap();
     let settings = config.redis.as_ref().unwrap();
-    let shared: Arc<Shared> = rt.block_on(async {
-        let s = Shared::start(settings, Arc::new(Metrics::new())).unwrap();
+    let shared: Arc<Redis> = rt.block_on(async {
+        let s = Redis::start(settings, Arc::new(Metrics::new())).unwrap();
         for _ in 0..100 {
             if s.is_up() {
                 break;
@@ -44,27 +41,20 @@ fn shared(c: &mut Criterion) {
         eprintln!("shared bench skipped: no Redis answers at {url}");
         return;
     }
-    let key = CacheKey {
-        account: "main".into(),
-        key_fp: 0,
-        route: "/iam/clients/me".into(),
-        query: None,
-    };
-    let body = Bytes::from_static(BODY.as_bytes());
+    let key = CacheKey::new("main".into(), 0, "/iam/clients/me".into(), None);
+    let name = shared.key("c", &key, "benchtag");
     rt.block_on(shared.put(
-        &key,
-        "benchtag",
-        &body,
-        SystemTime::now(),
+        name.clone(),
+        BODY.as_bytes().to_vec(),
         Duration::from_secs(600),
     ));
     c.bench_function("redis_l2_get_3.5KB", |b| {
-        b.iter(|| rt.block_on(shared.get(&key, "benchtag")).expect("value"))
+        b.iter(|| rt.block_on(shared.get(name.clone())).expect("value"))
     });
     let r = rate("1000000/s").unwrap();
     c.bench_function("redis_gcra_decision", |b| {
         b.iter(|| {
-            rt.block_on(shared.rate_limit("bench-client", r, 1_000_000))
+            rt.block_on(shared_rate_limit(&shared, "bench-client", r, 1_000_000))
                 .expect("answer")
         })
     });

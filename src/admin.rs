@@ -19,10 +19,10 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::auth::KeyHash;
-use crate::state::Gateway;
+use crate::gateway::Gateway;
 
 /// The admin router.
-pub fn router(gw: Arc<Gateway>) -> Router {
+pub(crate) fn router(gw: Arc<Gateway>) -> Router {
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/admin/cache/purge", post(purge))
@@ -44,7 +44,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 async fn require_token(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
-    let expected: Option<KeyHash> = gw.runtime.load().config.server.admin_token;
+    let expected: Option<KeyHash> = gw.peek().config.server.admin_token;
     if let Some(expected) = expected {
         // Only `Authorization: Bearer <token>`, as the contract says (not the caller forms).
         let token = req
@@ -98,9 +98,9 @@ struct PurgeQuery {
 }
 
 async fn purge(State(gw): State<Arc<Gateway>>, Query(q): Query<PurgeQuery>) -> Response {
-    let rt = gw.runtime.load_full();
+    let generation = gw.current();
     let state = match &q.account {
-        Some(a) => match rt.accounts.iter().find(|s| *s.account.name == **a) {
+        Some(a) => match generation.accounts.iter().find(|s| *s.account.name == **a) {
             Some(s) => Some(s.clone()),
             None => return error(StatusCode::NOT_FOUND, "not_found", "no such account"),
         },
@@ -113,8 +113,8 @@ async fn purge(State(gw): State<Arc<Gateway>>, Query(q): Query<PurgeQuery>) -> R
     let purged = before.saturating_sub(gw.cache.entry_count());
     // The shared L2 too, or the next miss would refill from it. Other replicas' L1 copies
     // age out with their TTL (purge each replica for an immediate effect everywhere).
-    let redis_purged = match &gw.shared {
-        Some(shared) => match shared.purge(state.as_ref().map(|s| s.tag.as_str())).await {
+    let redis_purged = match &gw.redis {
+        Some(redis) => match redis.purge(state.as_ref().map(|s| s.account.tag.as_str())).await {
             Some(n) => json!(n),
             None => json!("redis unavailable"),
         },
@@ -137,7 +137,7 @@ async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 async fn clients(State(gw): State<Arc<Gateway>>) -> Response {
-    let rt = gw.runtime.load();
+    let rt = gw.current();
     let list: Vec<_> = rt
         .config
         .clients
@@ -166,16 +166,22 @@ async fn cache(State(gw): State<Arc<Gateway>>) -> Response {
     let now = Instant::now();
     let mut by_account: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
         Default::default();
+    let generation = gw.current();
     for (key, entry) in gw.cache.snapshot() {
+        let ttl = generation
+            .config
+            .route_by_path
+            .get(key.route())
+            .map_or(generation.config.cache.ttl, |i| generation.config.routes[*i].ttl);
         by_account
-            .entry(key.account.to_string())
+            .entry(key.account().to_string())
             .or_default()
             .push(json!({
-                "route": &*key.route,
-                "query": key.query.as_deref(),
+                "route": key.route(),
+                "query": key.query(),
                 "age_s": entry.age(now).as_secs(),
-                "ttl_s": entry.ttl.as_secs(),
-                "fresh": entry.age(now) < entry.ttl,
+                "ttl_s": ttl.as_secs(),
+                "fresh": entry.age(now) < ttl,
                 "bytes": entry.raw.body.len(),
             }));
     }

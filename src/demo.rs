@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 
 use crate::config::Config;
-use crate::state::{ConfigSource, Gateway};
+use crate::gateway::{ConfigSource, Gateway};
 
 /// The example `GET /iam/clients/me` body (fabricated; see tests/fixtures/README.md).
 pub const CLIENTS_ME: &str = include_str!("../tests/fixtures/clients_me.json");
@@ -76,8 +76,17 @@ pub fn config_text(port: u16, upstream: SocketAddr) -> String {
         .replace("{UPSTREAM_PORT}", &upstream.port().to_string())
 }
 
+/// The demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Build(#[from] crate::gateway::BuildError),
+}
+
 /// Builds the demo gateway (config validated like any other).
-pub fn gateway(text: String) -> anyhow::Result<std::sync::Arc<Gateway>> {
+pub fn gateway(text: String) -> Result<std::sync::Arc<Gateway>, DemoError> {
     let env: HashMap<String, String> =
         HashMap::from([(DEMO_KEY_VAR.to_string(), DEMO_UPSTREAM_KEY.to_string())]);
     let origin = "embedded demo config".to_string();

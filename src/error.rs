@@ -46,6 +46,27 @@ pub enum GatewayError {
     Internal,
 }
 
+/// What a caller is told when the upstream failed and no stale copy could be served.
+impl From<crate::upstream::UpstreamFailure> for GatewayError {
+    fn from(f: crate::upstream::UpstreamFailure) -> Self {
+        use crate::upstream::UpstreamFailure as F;
+        match f {
+            F::Timeout => GatewayError::UpstreamTimeout,
+            F::RateLimited { retry_after }
+            | F::BudgetExhausted { retry_after }
+            | F::Paused { retry_after } => GatewayError::UpstreamUnavailable {
+                retry_after: Some(retry_after),
+            },
+            F::Connect
+            | F::Status(_)
+            | F::Unauthorized(_)
+            | F::TooLarge
+            | F::Body
+            | F::InvalidBody => GatewayError::UpstreamError,
+        }
+    }
+}
+
 impl GatewayError {
     /// The contract's status and error code for this error. The only such table.
     pub fn status_code(&self) -> (StatusCode, &'static str) {
@@ -138,7 +159,7 @@ impl GatewayError {
 }
 
 /// Whole seconds, rounded up, at least 1 (a `Retry-After: 0` invites a hot retry loop).
-pub fn retry_after_secs(d: Duration) -> u64 {
+pub(crate) fn retry_after_secs(d: Duration) -> u64 {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     secs.max(1)
 }

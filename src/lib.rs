@@ -6,40 +6,59 @@
 //!
 //! # Layout
 //!
-//! One module per stage of the request pipeline, in order:
+//! One room per concept; imports point down this table, never up:
 //!
-//! | stage | module | owns |
-//! |---|---|---|
-//! | 1 | [`auth`] | credential parsing, key hashes, constant-time lookup |
-//! | 2 | [`rate_limit`] | per-client GCRA, failed-auth throttle, upstream budget |
-//! | 3 | [`routing`] | path normalisation, allow-list, canonical query |
-//! | 4 | [`cache`] | moka store, single-flight fills, stale serving |
-//! | 5 | [`upstream`] | the shared HTTP client, key injection, retries, body cap |
-//! | 6 | [`redact`] | JSONPath remove/mask/allow profiles |
-//! | 7 | [`proxy`] | the handler that sequences 1–6 and assembles the response |
+//! | room | owns |
+//! |---|---|
+//! | `server` | sockets, connection limits, watchdog, panic guard, signals, shutdown |
+//! | `admin` | the admin listener: health, metrics, purge, reload, usage views |
+//! | [`proxy`] | the request pipeline (shape → auth → limit → route → cache/miss → redact → respond), the miss path, the access log |
+//! | `gateway` | [`Gateway`]: the current config generation behind `ArcSwap`, reload |
+//! | `cache` | moka store, cache keys, entries and renders, single-flight, the L2 value format |
+//! | `rate_limit` | per-client GCRA (local or shared), failed-auth throttle, upstream budget |
+//! | `redis` | the Redis connection, its up/down window, L2/lock/purge operations |
+//! | `upstream` | the HTTP client, the Gcore key (only place it is exposed), retries, breaker |
+//! | [`config`] | TOML → validated runtime form |
+//! | [`auth`], [`routing`], [`redact`], [`units`], `error`, `metrics` | small pure leaves |
+//! | [`demo`] | the fake upstream and config of `gcore-gateway demo` |
 //!
-//! Around them: [`config`] (TOML → validated runtime form), [`error`] (the one status table),
-//! [`state`] (the swappable runtime and what survives reloads), [`server`] (sockets, limits,
-//! signals, shutdown), [`admin`] (admin listener), [`metrics`] (Prometheus), [`shared`]
-//! (optional Redis: L2 cache, cross-replica lock, distributed GCRA), [`demo`].
+//! The public surface is what the binary, the integration tests and the benchmarks use;
+//! everything else is `pub(crate)`. [`bench_api`] re-exports the internals the criterion
+//! benchmarks measure directly; it is not a stable interface.
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
+mod admin;
 pub mod auth;
-pub mod cache;
+mod cache;
 pub mod config;
 pub mod demo;
-pub mod error;
-pub mod metrics;
+mod error;
+mod gateway;
+mod metrics;
 pub mod proxy;
-pub mod rate_limit;
+mod rate_limit;
 pub mod redact;
+mod redis;
 pub mod routing;
 pub mod server;
-pub mod shared;
-pub mod state;
-pub mod upstream;
+pub mod units;
+mod upstream;
 
+pub use gateway::{BuildError, ConfigSource, Gateway, Generation, ReloadError};
 pub use server::run;
-pub use state::Gateway;
+pub use upstream::{Account, UpstreamKey, UpstreamSettings};
+
+/// Internals measured directly by the benchmarks in `benches/` (and a few tests). Not a stable
+/// interface: it follows the code.
+#[doc(hidden)]
+pub mod bench_api {
+    pub use crate::cache::{CacheKey, CacheStore, Entry, Origin, Rendered, StaleWindows};
+    pub use crate::error::GatewayError;
+    pub use crate::metrics::{Metrics, RequestLabels};
+    pub use crate::rate_limit::distributed::check as shared_rate_limit;
+    pub use crate::rate_limit::{throttle_key, AuthThrottle, ClientLimiter, TokioClock};
+    pub use crate::redis::Redis;
+    pub use crate::upstream::breaker::NEGATIVE_CACHE;
+    pub use crate::upstream::UpstreamFailure;
+}

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use gcore_gateway::auth::{generate_key, KeyHash};
 use gcore_gateway::config::Config;
-use gcore_gateway::state::{ConfigSource, Gateway};
+use gcore_gateway::{ConfigSource, Gateway};
 use gcore_gateway::{demo, server};
 
 #[derive(Parser)]

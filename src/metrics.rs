@@ -55,7 +55,7 @@ pub struct OpLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildLabels {
+pub(crate) struct BuildLabels {
     pub version: &'static str,
 }
 
@@ -64,6 +64,11 @@ pub struct BuildLabels {
 fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 20)
 }
+
+/// Access log lines dropped because the sink was slower than the traffic: one per process
+/// (the log writer is), registered in every [`Metrics`].
+pub(crate) static LOG_DROPPED: std::sync::LazyLock<Counter> =
+    std::sync::LazyLock::new(Counter::default);
 
 /// All metrics of the process.
 pub struct Metrics {
@@ -86,6 +91,7 @@ pub struct Metrics {
     pub redis_up: Gauge,
     pub redis_fallback: Family<OpLabel, Counter>,
     pub l2_hits: Counter,
+    pub l2_rejected: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -213,6 +219,17 @@ impl Metrics {
             "Fills answered from the shared Redis cache instead of the upstream",
             l2_hits.clone(),
         );
+        let l2_rejected = Counter::default();
+        registry.register(
+            "gateway_l2_rejected",
+            "Shared cache values ignored because they were not intact (HMAC) or not JSON",
+            l2_rejected.clone(),
+        );
+        registry.register(
+            "gateway_log_dropped",
+            "Access log lines dropped because the log sink was slower than the traffic",
+            LOG_DROPPED.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -240,6 +257,7 @@ impl Metrics {
             redis_up,
             redis_fallback,
             l2_hits,
+            l2_rejected,
         }
     }
 

@@ -12,13 +12,26 @@ use bytes::Bytes;
 use serde_json::Value;
 use serde_json_path::JsonPath;
 
-use crate::config::raw::RawProfile;
+/// What an operator writes for one profile (`[profiles.NAME]`): the JSONPaths of each list.
+/// The config reads it as is; [`Profile::compile`] turns it into a runnable profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSpec {
+    #[serde(default)]
+    pub remove: Vec<String>,
+    #[serde(default)]
+    pub mask: Vec<String>,
+    pub allow: Option<Vec<String>>,
+}
 
 /// A compiled redaction profile.
 #[derive(Debug)]
 pub struct Profile {
     pub name: String,
     pub mode: Mode,
+    /// What it was compiled from: two profiles with equal name and spec render alike, so a
+    /// reload keeps the renders cached for the old one.
+    pub spec: ProfileSpec,
 }
 
 /// What a profile does.
@@ -45,13 +58,23 @@ pub struct ProfileError {
 #[error("upstream body is not valid JSON; refusing to pass it unredacted")]
 pub struct RedactError;
 
+/// Checks that `body` is JSON this module can redact: the same parser as [`Profile::render`]
+/// (UTF-8, no lone surrogate escapes; numbers are kept as written, so none is rounded). The
+/// upstream stage calls it once per fetch, so an answer that passes is one every profile can
+/// render.
+pub fn check_json(body: &[u8]) -> Result<(), RedactError> {
+    serde_json::from_slice::<Value>(body)
+        .map(drop)
+        .map_err(|_| RedactError)
+}
+
 /// The replacement for masked strings.
 pub const MASK: &str = "***";
 
 impl Profile {
     /// Compiles a raw profile; errors name the profile, the list, the index and the parser's
     /// message.
-    pub fn compile(name: &str, raw: &RawProfile) -> Result<Profile, ProfileError> {
+    pub fn compile(name: &str, raw: &ProfileSpec) -> Result<Profile, ProfileError> {
         let compile_list = |list: &str, paths: &[String]| {
             paths
                 .iter()
@@ -84,7 +107,13 @@ impl Profile {
         Ok(Profile {
             name: name.to_string(),
             mode,
+            spec: raw.clone(),
         })
+    }
+
+    /// Whether `other` renders exactly as this profile does.
+    pub fn same_as(&self, other: &Profile) -> bool {
+        self.name == other.name && self.spec == other.spec
     }
 
     /// Redacts a JSON body and serialises the result. Fails closed on non-JSON input.
@@ -261,7 +290,7 @@ mod tests {
         let s = |l: &[&str]| l.iter().map(|p| p.to_string()).collect::<Vec<_>>();
         Profile::compile(
             "t",
-            &RawProfile {
+            &ProfileSpec {
                 remove: s(remove),
                 mask: s(mask),
                 allow: allow.map(s),
@@ -335,7 +364,7 @@ mod tests {
     fn errors_name_the_path() {
         let err = Profile::compile(
             "p",
-            &RawProfile {
+            &ProfileSpec {
                 remove: vec!["$.ok".into(), "$[".into()],
                 ..Default::default()
             },
@@ -345,7 +374,7 @@ mod tests {
         assert!(err.message.contains("$["));
         assert!(Profile::compile(
             "p",
-            &RawProfile {
+            &ProfileSpec {
                 remove: vec!["$.a".into()],
                 allow: Some(vec!["$.b".into()]),
                 ..Default::default()

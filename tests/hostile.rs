@@ -819,11 +819,11 @@ async fn idle_http2_connections_close_despite_keep_alive_pings() {
         .unwrap();
     let r = h2.get(gw.url(ME)).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(gw.gw.metrics.connections.get(), 1);
+    assert_eq!(gw.gw.open_connections(), 1);
     // The server pings every 500 ms and the client answers; still, with no request in flight
     // the connection is closed after about a second.
     let t = Instant::now();
-    while gw.gw.metrics.connections.get() != 0 {
+    while gw.gw.open_connections() != 0 {
         assert!(
             t.elapsed() < Duration::from_secs(20),
             "idle h2 connection kept open"

@@ -395,12 +395,12 @@ async fn debug_prints_never_show_secrets() {
         "\n[redis]\nurl = \"redis://:redis-password-123@127.0.0.1:1\"\n",
     );
     let gw = Harness::start(&cfg).await;
-    let rt = gw.gw.runtime.load_full();
+    let rt = gw.gw.current();
     let printed = format!(
         "{:?}\n{:?}\n{:?}\n{:?}",
         rt.config,
-        *gw.gw.source(),
-        rt.accounts,
+        gw.gw,
+        rt.config.accounts,
         gcore_gateway::auth::credential(&{
             let mut h = http::HeaderMap::new();
             h.insert(

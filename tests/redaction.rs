@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gcore_gateway::cache::Entry;
+use gcore_gateway::bench_api::{Entry, Origin};
 use gcore_gateway::config::raw::RawProfile;
 use gcore_gateway::config::Config;
 use gcore_gateway::redact::Profile;
@@ -452,14 +452,16 @@ async fn invalid_json_upstream_is_502_and_the_raw_body_never_appears() {
 /// profile never yields a body it could not parse, and the failure is not remembered as a body.
 #[test]
 fn a_body_that_cannot_be_redacted_is_never_served_through_a_profile() {
-    let p = Profile::compile(
-        "p",
-        &RawProfile {
-            remove: vec!["$.email".into()],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let p = std::sync::Arc::new(
+        Profile::compile(
+            "p",
+            &RawProfile {
+                remove: vec!["$.email".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
     for body in [
         &b"<html>maria.keller@acme-widgets.example</html>"[..],
         b"{\"email\": \"maria.keller@acme-widgets.example\"",
@@ -469,15 +471,16 @@ fn a_body_that_cannot_be_redacted_is_never_served_through_a_profile() {
         let entry = Entry::new(
             Bytes::copy_from_slice(body),
             tokio::time::Instant::now(),
+            Origin::Upstream(Duration::ZERO),
             Duration::from_secs(60),
-            0,
             1,
         );
         assert!(p.render(body).is_err());
-        assert!(entry.body_for(Some((0, &p))).is_err());
-        assert!(entry.body_for(Some((0, &p))).is_err(), "second try");
-        // An index outside the entry's profile table also fails closed.
-        assert!(entry.body_for(Some((5, &p))).is_err());
+        assert!(entry.body_for(Some(&p)).is_err());
+        assert!(entry.body_for(Some(&p)).is_err(), "second try");
+        // Another profile (a reload's) fails closed too.
+        let other = std::sync::Arc::new(Profile::compile("q", &RawProfile::default()).unwrap());
+        assert!(entry.body_for(Some(&other)).is_err());
     }
 }
 

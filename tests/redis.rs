@@ -81,7 +81,7 @@ async fn wait_redis_up(gws: &[&Harness]) {
     for _ in 0..300 {
         if gws
             .iter()
-            .all(|g| g.gw.shared.as_ref().is_some_and(|s| s.is_up()))
+            .all(|g| g.gw.redis_up() == Some(true))
         {
             return;
         }
@@ -190,24 +190,24 @@ async fn redis_down_callers_still_served_then_shared_again() {
     assert!(m.contains("gateway_redis_fallback_total"), "{m}");
     // Redis is back on the same port: shared again.
     let _redis = Redis::start_on(port);
-    g1.gw.cache.purge(None);
-    g2.gw.cache.purge(None);
+    g1.gw.purge_local(None);
+    g2.gw.purge_local(None);
     let mut shared_again = false;
     for _ in 0..100 {
         let _ = g1.get(ME, KEY_ALPHA).await;
-        if g1.gw.shared.as_ref().unwrap().is_up() {
+        if g1.gw.redis_up() == Some(true) {
             shared_again = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(shared_again, "the replica went back to shared mode");
-    g1.gw.cache.purge(None);
+    g1.gw.purge_local(None);
     let before = up.calls();
     assert_eq!(g1.get(ME, KEY_ALPHA).await.status(), 200);
-    g2.gw.cache.purge(None);
+    g2.gw.purge_local(None);
     for _ in 0..50 {
-        if g2.gw.shared.as_ref().unwrap().is_up() {
+        if g2.gw.redis_up() == Some(true) {
             break;
         }
         let _ = g2.get(ME, KEY_BETA).await;
@@ -231,7 +231,7 @@ async fn a_dead_lock_holder_is_taken_over_after_expiry() {
     let g = Harness::start(&cfg).await;
     wait_redis_up(&[&g]).await;
     // Another replica took the fill lock and died: its lock stays until it expires.
-    let tag = gcore_gateway::shared::account_tag(&g.gw.runtime.load().config.accounts[0]);
+    let tag = g.gw.current().config.accounts[0].redis_tag().to_string();
     let lock_key = format!("test:l:{tag}:{ME}");
     let out = Command::new("redis-cli")
         .args([

@@ -42,10 +42,10 @@ pub fn primed_gateway(
     rt: &tokio::runtime::Runtime,
     tables: &str,
     body: &'static [u8],
-) -> std::sync::Arc<gcore_gateway::state::Gateway> {
-    use gcore_gateway::cache::{CacheKey, Entry};
+) -> std::sync::Arc<gcore_gateway::Gateway> {
+    use gcore_gateway::bench_api::{Entry, Origin};
     use gcore_gateway::config::Config;
-    use gcore_gateway::state::{ConfigSource, Gateway};
+    use gcore_gateway::{ConfigSource, Gateway};
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
          [upstream]\nbase_url = \"http://127.0.0.1:9\"\nallow_insecure_http = true\n\n\
@@ -67,22 +67,17 @@ pub fn primed_gateway(
             },
         )
         .expect("gateway");
-        let runtime = gw.runtime.load_full();
-        let account = &runtime.accounts[0];
+        let generation = gw.current();
         let entry = Entry::new(
             bytes::Bytes::from_static(body),
             tokio::time::Instant::now(),
+            Origin::Upstream(Duration::ZERO),
             Duration::from_secs(600),
-            runtime.generation,
-            runtime.config.profiles.len(),
+            generation.config.profiles.len(),
         );
-        let key = CacheKey {
-            account: account.account.name.clone(),
-            key_fp: account.key_fp,
-            route: runtime.config.routes[0].path.clone(),
-            query: None,
-        };
-        gw.cache.insert(key, std::sync::Arc::new(entry)).await;
+        // The key the handler looks up (the only constructor, fed from the account).
+        let route = generation.config.routes[0].path.clone();
+        assert!(gw.prime("bench", &route, std::sync::Arc::new(entry)).await);
         gw
     })
 }

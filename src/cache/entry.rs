@@ -1,15 +1,18 @@
 //! A cache entry: the upstream body, its fetch time, and one ready-to-send body per profile.
 //!
-//! Bodies are rendered lazily, once per (entry, profile), and kept, so a hit costs a clone of
-//! `Bytes` and of a precomputed `ETag`. Freshness is computed from `fetched_at`
-//! (`tokio::time::Instant`, so paused time in tests moves it). An entry is tied to the config
-//! generation whose profile table indexes its renders; after a reload it is rebased.
+//! Bodies are rendered lazily, once per (entry, profile), and kept, keyed by the profile
+//! itself (an `Arc<Profile>`; a reload that keeps a profile unchanged keeps the same `Arc`),
+//! so a hit costs a lookup and two `Bytes` clones. Freshness is computed from `fetched_at`
+//! (`tokio::time::Instant`, so paused time in tests moves it) against the TTL the caller's
+//! config generation gives the route, so a reload's new TTL applies to entries already stored.
 
-use std::sync::OnceLock;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::HeaderValue;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -47,21 +50,46 @@ pub enum Freshness {
     Expired,
 }
 
+/// Where an entry's body came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// This replica's upstream call, which took this long.
+    Upstream(Duration),
+    /// Another replica's fetch, read from the shared cache.
+    Replica,
+}
+
+/// The stale windows of a config generation: how long past its TTL an entry may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StaleWindows {
+    pub revalidate: Duration,
+    pub if_error: Duration,
+}
+
+impl StaleWindows {
+    /// The larger window: how long past its TTL an entry is worth keeping.
+    pub fn longest(&self) -> Duration {
+        self.revalidate.max(self.if_error)
+    }
+}
+
+type Renders = Vec<(Arc<Profile>, Option<Rendered>)>;
+
 /// One cached upstream answer.
 pub struct Entry {
     pub fetched_at: Instant,
     pub fetched_wall: SystemTime,
-    pub ttl: Duration,
     /// The upstream body as received (served to clients without a profile).
     pub raw: Rendered,
-    /// Config generation whose profile indexes `renders` follows.
-    pub generation: u64,
-    /// How long the upstream fetch that produced this entry took (`None`: from another replica).
-    pub fetch_latency: Option<Duration>,
-    /// How long the store keeps the entry: its TTL plus the larger stale window of the config
+    pub origin: Origin,
+    /// How long the store keeps the entry: the TTL plus the larger stale window of the config
     /// it was stored under (moka's per-entry expiry; freshness is decided from `fetched_at`).
     pub retain: Duration,
-    renders: Box<[OnceLock<Option<Rendered>>]>,
+    renders: ArcSwap<Renders>,
+    /// Serialises first renders, so a storm of first hits renders once.
+    render_lock: Mutex<()>,
+    /// How many renders the weight makes room for.
+    expected_renders: usize,
 }
 
 impl std::fmt::Debug for Entry {
@@ -69,91 +97,77 @@ impl std::fmt::Debug for Entry {
         // Never print bodies: they hold personal data.
         f.debug_struct("Entry")
             .field("fetched_at", &self.fetched_at)
-            .field("ttl", &self.ttl)
+            .field("origin", &self.origin)
             .field("bytes", &self.raw.body.len())
             .finish_non_exhaustive()
     }
 }
 
 impl Entry {
+    /// An answer fetched at `fetched_at` (wall clock: now). `expected_renders` (the number of
+    /// profiles) sizes the entry's weight; `retain` is how long the store keeps it.
     pub fn new(
         body: Bytes,
         fetched_at: Instant,
-        ttl: Duration,
-        generation: u64,
-        profiles: usize,
+        origin: Origin,
+        retain: Duration,
+        expected_renders: usize,
     ) -> Entry {
         Entry {
             fetched_at,
             fetched_wall: SystemTime::now(),
-            ttl,
             raw: Rendered::new(body),
-            generation,
-            fetch_latency: None,
-            retain: ttl,
-            renders: (0..profiles).map(|_| OnceLock::new()).collect(),
+            origin,
+            retain,
+            renders: ArcSwap::from_pointee(Vec::new()),
+            render_lock: Mutex::new(()),
+            expected_renders,
         }
     }
 
-    /// Records how long the upstream fetch took (for the access log of the MISS).
-    pub fn fetched_in(mut self, took: Duration) -> Entry {
-        self.fetch_latency = Some(took);
-        self
-    }
-
-    /// Sets how long the store keeps the entry (see [`Entry::retain`]).
-    pub fn retaining(mut self, stale_windows: Duration) -> Entry {
-        self.retain = self.ttl + stale_windows;
-        self
-    }
-
-    /// An answer another replica fetched `age` ago at wall-clock time `fetched_wall`.
-    pub fn from_shared(
+    /// An answer another replica fetched at wall-clock time `fetched_wall` (never in the
+    /// future: a later time is taken as now).
+    pub fn from_replica(
         body: Bytes,
         fetched_wall: SystemTime,
-        ttl: Duration,
-        generation: u64,
-        profiles: usize,
+        retain: Duration,
+        expected_renders: usize,
     ) -> Entry {
-        let age = SystemTime::now()
+        let now_wall = SystemTime::now();
+        let fetched_wall = fetched_wall.min(now_wall);
+        let age = now_wall
             .duration_since(fetched_wall)
             .unwrap_or(Duration::ZERO);
         let now = Instant::now();
         let mut e = Entry::new(
             body,
             now.checked_sub(age).unwrap_or(now),
-            ttl,
-            generation,
-            profiles,
+            Origin::Replica,
+            retain,
+            expected_renders,
         );
         e.fetched_wall = fetched_wall;
         e
     }
 
-    /// The same answer for another config generation (renders dropped; profiles may differ).
-    pub fn rebase(&self, generation: u64, profiles: usize, ttl: Duration) -> Entry {
-        Entry {
-            fetched_at: self.fetched_at,
-            fetched_wall: self.fetched_wall,
-            ttl,
-            raw: self.raw.clone(),
-            generation,
-            fetch_latency: None,
-            retain: self.retain,
-            renders: (0..profiles).map(|_| OnceLock::new()).collect(),
-        }
-    }
-
-    /// The body for a client: raw, or rendered through `profile` (index `idx` in the entry's
-    /// generation). Fails closed when the profile cannot be applied.
-    pub fn body_for(&self, profile: Option<(usize, &Profile)>) -> Result<&Rendered, RedactError> {
-        let Some((idx, profile)) = profile else {
-            return Ok(&self.raw);
+    /// The body for a client: raw, or rendered through `profile`. Fails closed when the
+    /// profile cannot be applied.
+    pub fn body_for(&self, profile: Option<&Arc<Profile>>) -> Result<Rendered, RedactError> {
+        let Some(profile) = profile else {
+            return Ok(self.raw.clone());
         };
-        let slot = self.renders.get(idx).ok_or(RedactError)?;
-        slot.get_or_init(|| profile.render(&self.raw.body).ok().map(Rendered::new))
-            .as_ref()
-            .ok_or(RedactError)
+        if let Some(r) = find(&self.renders.load(), profile) {
+            return r;
+        }
+        let _first = self.render_lock.lock();
+        if let Some(r) = find(&self.renders.load(), profile) {
+            return r;
+        }
+        let rendered = profile.render(&self.raw.body).ok().map(Rendered::new);
+        let mut renders = Vec::clone(&self.renders.load());
+        renders.push((profile.clone(), rendered.clone()));
+        self.renders.store(Arc::new(renders));
+        rendered.ok_or(RedactError)
     }
 
     /// Age now.
@@ -161,32 +175,34 @@ impl Entry {
         now.saturating_duration_since(self.fetched_at)
     }
 
-    /// Classifies the entry at `now`.
-    pub fn freshness(&self, now: Instant, revalidate: Duration, if_error: Duration) -> Freshness {
+    /// Classifies the entry at `now` for a route whose TTL is `ttl`.
+    pub fn freshness(&self, now: Instant, ttl: Duration, stale: StaleWindows) -> Freshness {
         let age = self.age(now);
-        if age < self.ttl {
+        if age < ttl {
             Freshness::Fresh
-        } else if age < self.ttl + revalidate {
+        } else if age < ttl + stale.revalidate {
             Freshness::Revalidate
-        } else if age < self.ttl + if_error.max(revalidate) {
+        } else if age < ttl + stale.longest() {
             Freshness::IfError
         } else {
             Freshness::Expired
         }
     }
 
-    /// Seconds of freshness left (for `Cache-Control: max-age`).
-    pub fn fresh_secs_left(&self, now: Instant) -> u64 {
-        self.ttl.saturating_sub(self.age(now)).as_secs()
-    }
-
     /// Weight for the cache's size bound: the raw body plus room for one render per profile
     /// (a render is never larger than the raw body but for `"***"` masks), plus bookkeeping.
     pub fn weight(&self) -> u32 {
         let per_copy = self.raw.body.len() as u64 + 64;
-        let total = per_copy * (1 + self.renders.len() as u64) + 256;
+        let total = per_copy * (1 + self.expected_renders as u64) + 256;
         total.min(u32::MAX as u64) as u32
     }
+}
+
+fn find(renders: &Renders, profile: &Arc<Profile>) -> Option<Result<Rendered, RedactError>> {
+    renders
+        .iter()
+        .find(|(p, _)| Arc::ptr_eq(p, profile))
+        .map(|(_, r)| r.clone().ok_or(RedactError))
 }
 
 #[cfg(test)]
@@ -195,21 +211,25 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn freshness_windows() {
+        let ttl = Duration::from_secs(10);
         let e = Entry::new(
             Bytes::from_static(b"{}"),
             Instant::now(),
-            Duration::from_secs(10),
-            0,
+            Origin::Upstream(Duration::ZERO),
+            ttl,
             0,
         );
-        let (swr, sie) = (Duration::from_secs(5), Duration::from_secs(60));
-        assert_eq!(e.freshness(Instant::now(), swr, sie), Freshness::Fresh);
+        let stale = StaleWindows {
+            revalidate: Duration::from_secs(5),
+            if_error: Duration::from_secs(60),
+        };
+        assert_eq!(e.freshness(Instant::now(), ttl, stale), Freshness::Fresh);
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(e.freshness(Instant::now(), swr, sie), Freshness::Revalidate);
+        assert_eq!(e.freshness(Instant::now(), ttl, stale), Freshness::Revalidate);
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(e.freshness(Instant::now(), swr, sie), Freshness::IfError);
+        assert_eq!(e.freshness(Instant::now(), ttl, stale), Freshness::IfError);
         tokio::time::advance(Duration::from_secs(55)).await;
-        assert_eq!(e.freshness(Instant::now(), swr, sie), Freshness::Expired);
+        assert_eq!(e.freshness(Instant::now(), ttl, stale), Freshness::Expired);
     }
 
     #[test]
@@ -218,5 +238,33 @@ mod tests {
         let b = Rendered::new(Bytes::from_static(b"b"));
         assert_ne!(a.etag, b.etag);
         assert_eq!(a.etag, Rendered::new(Bytes::from_static(b"a")).etag);
+    }
+
+    #[tokio::test]
+    async fn a_replica_time_in_the_future_counts_as_now() {
+        let day_ahead = SystemTime::now() + Duration::from_secs(86_400);
+        let e = Entry::from_replica(Bytes::from_static(b"{}"), day_ahead, Duration::from_secs(60), 0);
+        assert!(e.fetched_wall <= SystemTime::now());
+        assert!(e.age(Instant::now()) < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn renders_are_keyed_by_profile_identity() {
+        let spec = crate::redact::ProfileSpec {
+            remove: vec!["$.a".into()],
+            ..Default::default()
+        };
+        let p1 = Arc::new(Profile::compile("p", &spec).unwrap());
+        let p2 = Arc::new(Profile::compile("p", &crate::redact::ProfileSpec::default()).unwrap());
+        let e = Entry::new(
+            Bytes::from_static(br#"{"a":1,"b":2}"#),
+            Instant::now(),
+            Origin::Replica,
+            Duration::from_secs(1),
+            2,
+        );
+        assert_eq!(&e.body_for(Some(&p1)).unwrap().body[..], br#"{"b":2}"#);
+        assert_eq!(&e.body_for(Some(&p2)).unwrap().body[..], br#"{"a":1,"b":2}"#);
+        assert_eq!(&e.body_for(Some(&p1)).unwrap().body[..], br#"{"b":2}"#);
     }
 }

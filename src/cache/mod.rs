@@ -1,47 +1,43 @@
-//! Stage 4, cache: per-account answers in moka, with single-flight fills and stale serving.
+//! Stage 4, cache: per-account answers in moka, single-flight fills and stale serving.
 //!
-//! Layout: [`entry`] is one cached answer with its renders and freshness; this file is the
-//! store (moka, bounded by weighted bytes) and the cache-or-fetch decision; [`fill`] runs one
-//! upstream fetch per key no matter how many callers wait (coalescing), also for background
-//! refreshes. moka's own expiry only bounds memory; what is fresh or stale is decided from the
-//! entry's `fetched_at`. Redaction of bodies is in `redact`, the upstream call in `upstream`.
+//! The store keeps entries and decides what an entry is worth now ([`Lookup`]); [`flight`]
+//! coalesces concurrent fills of one key into one fetch. What a fetch does (breaker, budget,
+//! shared cache, upstream call) is handed in as a future by `proxy::miss`: this room imports
+//! nothing of the gateway, the upstream, Redis or metrics, and reports through return values.
+//! moka's own expiry only bounds memory; freshness is decided from the entry's `fetched_at`.
+//! [`key`] builds cache keys, [`entry`] holds one answer and its renders, [`l2`] is the
+//! format of answers shared between replicas.
 
-pub mod entry;
-pub mod fill;
+pub(crate) mod entry;
+pub(crate) mod flight;
+pub(crate) mod key;
+pub(crate) mod l2;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::{BoxFuture, Shared};
 use moka::future::Cache;
+use moka::ops::compute::Op;
+use tokio::time::Instant;
 
-pub use entry::{Entry, Freshness, Rendered};
+pub use entry::{Entry, Origin, Rendered, StaleWindows};
+use entry::Freshness;
+pub(crate) use flight::{FetchPanicked, Flight};
+pub use key::CacheKey;
 
-use crate::upstream::UpstreamFailure;
-
-/// What identifies one cached answer: account (name and a fingerprint of its upstream key),
-/// route and canonical query. With the fingerprint in the key, answers fetched with an old key
-/// are never served for a new one, whatever a reload races with.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    pub account: Arc<str>,
-    /// `AccountState::key_fp` of the account the answer was fetched for.
-    pub key_fp: u64,
-    pub route: Arc<str>,
-    pub query: Option<Arc<str>>,
-}
+use flight::Flights;
 
 /// How an answer was produced (the `X-Cache` header and the metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheStatus {
+pub(crate) enum CacheStatus {
     Hit,
     Miss,
     Stale,
 }
 
 impl CacheStatus {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CacheStatus::Hit => "HIT",
             CacheStatus::Miss => "MISS",
@@ -50,8 +46,16 @@ impl CacheStatus {
     }
 }
 
-type FillResult = Result<Arc<Entry>, UpstreamFailure>;
-pub(crate) type Flight = Shared<BoxFuture<'static, FillResult>>;
+/// What the store holds for a key, judged at one instant.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Serve it (HIT).
+    Fresh(Arc<Entry>),
+    /// Serve it (STALE) and refresh in the background.
+    Revalidate(Arc<Entry>),
+    /// Fetch; `stale` may be served if the fetch fails.
+    Miss { stale: Option<Arc<Entry>> },
+}
 
 /// moka's per-entry expiry: an entry lives for its `retain`, counted from when it is stored.
 struct Retain;
@@ -77,13 +81,13 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Retain {
     }
 }
 
-/// The cache store and the table of fills in progress.
-pub struct CacheStore {
+/// The cache store and the table of fills in progress; `E` is how a fetch fails.
+pub struct CacheStore<E> {
     entries: Cache<CacheKey, Arc<Entry>>,
-    inflight: Mutex<HashMap<CacheKey, Flight>>,
+    flights: Arc<Flights<CacheKey, Arc<Entry>, E>>,
 }
 
-impl std::fmt::Debug for CacheStore {
+impl<E> std::fmt::Debug for CacheStore<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheStore")
             .field("entries", &self.entries.entry_count())
@@ -91,10 +95,13 @@ impl std::fmt::Debug for CacheStore {
     }
 }
 
-impl CacheStore {
+impl<E> CacheStore<E>
+where
+    E: Clone + Send + Sync + From<FetchPanicked> + 'static,
+{
     /// A store bounded by `max_bytes` of weighted size; each entry is kept for its own
     /// [`Entry::retain`], so a reload that changes TTLs or stale windows applies to new entries.
-    pub fn new(max_bytes: u64) -> CacheStore {
+    pub fn new(max_bytes: u64) -> Self {
         let entries = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|_k: &CacheKey, v: &Arc<Entry>| v.weight())
@@ -103,20 +110,67 @@ impl CacheStore {
             .build();
         CacheStore {
             entries,
-            inflight: Mutex::new(HashMap::new()),
+            flights: Flights::new(),
         }
     }
 
-    /// The cached entry for `key`, whatever its age.
+    /// What the store has for `key` at `now`, for a route with `ttl` and the `stale` windows.
+    pub async fn lookup(
+        &self,
+        key: &CacheKey,
+        now: Instant,
+        ttl: Duration,
+        stale: StaleWindows,
+    ) -> Lookup {
+        let Some(e) = self.entries.get(key).await else {
+            return Lookup::Miss { stale: None };
+        };
+        match e.freshness(now, ttl, stale) {
+            Freshness::Fresh => Lookup::Fresh(e),
+            Freshness::Revalidate => Lookup::Revalidate(e),
+            Freshness::IfError => Lookup::Miss { stale: Some(e) },
+            Freshness::Expired => Lookup::Miss { stale: None },
+        }
+    }
+
+    /// Joins the fill of `key`, or starts one running `fetch` when none runs. Before fetching,
+    /// the fill looks at the store once more (a fill that finished between a caller's miss and
+    /// its joining is reused, never repeated); a fetched entry is stored unless the store
+    /// already holds a newer one. Returns the shared fill and whether it was joined.
+    pub fn fill<F>(
+        &self,
+        key: &CacheKey,
+        ttl: Duration,
+        fetch: impl FnOnce() -> F + Send + 'static,
+    ) -> (Flight<Arc<Entry>, E>, bool)
+    where
+        F: Future<Output = Result<Arc<Entry>, E>> + Send + 'static,
+    {
+        let entries = self.entries.clone();
+        let k = key.clone();
+        self.flights.join_or_start(key, move || async move {
+            if let Some(e) = entries.get(&k).await {
+                if e.age(Instant::now()) < ttl {
+                    return Ok(e);
+                }
+            }
+            let e = fetch().await?;
+            insert_if_newer(&entries, k, e.clone()).await;
+            Ok(e)
+        })
+    }
+
+    /// Stores `entry` for `key` unless the store holds a newer fetch (never older over newer).
+    pub async fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
+        insert_if_newer(&self.entries, key, entry).await;
+    }
+
+    /// The entry for `key` whatever its age (admin, tests).
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
         self.entries.get(key).await
     }
 
-    pub async fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
-        self.entries.insert(key, entry).await;
-    }
-
-    /// Drops every entry, or only those of `account`.
+    /// Drops every entry, or only those of the account named `account`.
     pub fn purge(&self, account: Option<&str>) {
         match account {
             None => self.entries.invalidate_all(),
@@ -125,7 +179,7 @@ impl CacheStore {
                 // Only fails if invalidation closures are disabled, which `new` enables.
                 let _ = self
                     .entries
-                    .invalidate_entries_if(move |k, _| k.account == name);
+                    .invalidate_entries_if(move |k, _| k.account() == &*name);
             }
         }
     }
@@ -149,8 +203,53 @@ impl CacheStore {
     pub fn snapshot(&self) -> Vec<(Arc<CacheKey>, Arc<Entry>)> {
         self.entries.iter().collect()
     }
+}
 
-    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<CacheKey, Flight>> {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+async fn insert_if_newer(entries: &Cache<CacheKey, Arc<Entry>>, key: CacheKey, new: Arc<Entry>) {
+    entries
+        .entry(key)
+        .and_compute_with(|old| {
+            let op = match old {
+                Some(old) if old.value().fetched_at > new.fetched_at => Op::Nop,
+                _ => Op::Put(new),
+            };
+            std::future::ready(op)
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[derive(Debug, Clone)]
+    struct Failed;
+    impl From<FetchPanicked> for Failed {
+        fn from(_: FetchPanicked) -> Self {
+            Failed
+        }
+    }
+
+    fn entry(at: Instant, body: &'static [u8]) -> Arc<Entry> {
+        Arc::new(Entry::new(
+            Bytes::from_static(body),
+            at,
+            Origin::Upstream(Duration::ZERO),
+            Duration::from_secs(60),
+            0,
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_older_fetch_never_replaces_a_newer_one() {
+        let store = CacheStore::<Failed>::new(1 << 20);
+        let key = CacheKey::new("A".into(), 1, "/r".into(), None);
+        let old = Instant::now();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        store.insert(key.clone(), entry(Instant::now(), b"{\"v\":2}")).await;
+        store.insert(key.clone(), entry(old, b"{\"v\":1}")).await;
+        let got = store.get(&key).await.unwrap();
+        assert_eq!(&got.raw.body[..], b"{\"v\":2}");
     }
 }

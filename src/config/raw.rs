@@ -1,60 +1,67 @@
 //! `RawConfig`: the TOML file exactly as serde reads it.
+#![allow(missing_docs)] // The fields are the TOML keys, documented in config/gateway.toml and docs/CONTRACT.md.
 //!
-//! Every table denies unknown fields; durations, sizes and rates stay strings here and are
-//! parsed (with the key named in any error) by [`super::Config::from_raw`]. Defaults are
-//! written once, in the `default_*` functions below, each with its reason. No validation lives
-//! here and nothing here is used on the request path.
+//! Every table denies unknown fields and takes its defaults from one container-level
+//! `Default` impl, written next to the struct with the reason for each value. Durations, sizes
+//! and rates stay strings here and are parsed (with the key named in any error) by
+//! `validate`. No validation lives here and nothing here is used on the request path.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::units::RawSize;
+use crate::units::RawSize;
+
+/// One `[profiles.NAME]` table: redaction owns its spec; the config reads it as is.
+pub type RawProfile = crate::redact::ProfileSpec;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawConfig {
-    #[serde(default)]
     pub server: RawServer,
-    #[serde(default)]
     pub upstream: RawUpstream,
-    #[serde(default)]
     pub accounts: Vec<RawAccount>,
-    #[serde(default)]
     pub cache: RawCache,
     pub redis: Option<RawRedis>,
-    #[serde(default = "default_routes")]
     pub routes: Vec<RawRoute>,
-    #[serde(default)]
     pub profiles: BTreeMap<String, RawProfile>,
-    #[serde(default)]
     pub clients: Vec<RawClient>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            server: RawServer::default(),
+            upstream: RawUpstream::default(),
+            accounts: Vec::new(),
+            cache: RawCache::default(),
+            redis: None,
+            // Without `[[routes]]` only the endpoint the gateway was built for is exposed.
+            routes: vec![RawRoute {
+                path: "/iam/clients/me".into(),
+                ttl: None,
+                forward_query: false,
+            }],
+            profiles: BTreeMap::new(),
+            clients: Vec::new(),
+        }
+    }
 }
 
 /// `[server]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawServer {
-    #[serde(default = "default_listen")]
     pub listen: String,
-    #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
-    #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: String,
-    #[serde(default = "default_request_timeout")]
     pub request_timeout: String,
-    #[serde(default = "default_auth_failure_limit")]
     pub auth_failure_limit: String,
-    #[serde(default = "default_header_read_timeout")]
     pub header_read_timeout: String,
-    #[serde(default = "default_keep_alive_timeout")]
     pub keep_alive_timeout: String,
-    #[serde(default = "default_max_connections")]
     pub max_connections: u64,
-    #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: RawSize,
-    #[serde(default = "default_max_uri_bytes")]
     pub max_uri_bytes: RawSize,
     pub admin_token_sha256: Option<String>,
 }
@@ -62,16 +69,22 @@ pub struct RawServer {
 impl Default for RawServer {
     fn default() -> Self {
         Self {
-            listen: default_listen(),
-            admin_listen: default_admin_listen(),
-            shutdown_grace: default_shutdown_grace(),
-            request_timeout: default_request_timeout(),
-            auth_failure_limit: default_auth_failure_limit(),
-            header_read_timeout: default_header_read_timeout(),
-            keep_alive_timeout: default_keep_alive_timeout(),
-            max_connections: default_max_connections(),
-            max_header_bytes: default_max_header_bytes(),
-            max_uri_bytes: default_max_uri_bytes(),
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            // Long enough for a slow upstream call (timeout 10 s) to finish during a rolling
+            // restart.
+            shutdown_grace: "10s".into(),
+            // Covers connect + (1 + retries) attempts with backoff on a slow upstream.
+            request_timeout: "15s".into(),
+            // 30 failures a minute per address stops key guessing yet tolerates a
+            // misconfigured client.
+            auth_failure_limit: "30/m".into(),
+            // Slowloris protection: a whole request head must arrive within this.
+            header_read_timeout: "5s".into(),
+            keep_alive_timeout: "60s".into(),
+            max_connections: 10_000,
+            max_header_bytes: RawSize::Text("16KiB".into()),
+            max_uri_bytes: RawSize::Text("8KiB".into()),
             admin_token_sha256: None,
         }
     }
@@ -79,88 +92,95 @@ impl Default for RawServer {
 
 /// `[upstream]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawUpstream {
-    #[serde(default = "default_base_url")]
     pub base_url: String,
-    #[serde(default)]
     pub allow_insecure_http: bool,
-    #[serde(default = "default_upstream_timeout")]
     pub timeout: String,
-    #[serde(default = "default_connect_timeout")]
     pub connect_timeout: String,
-    #[serde(default = "default_retries")]
     pub retries: u32,
-    #[serde(default = "default_max_body")]
     pub max_body: RawSize,
     pub rate: Option<String>,
-    #[serde(default = "default_breaker_failures")]
     pub circuit_breaker_failures: u32,
-    #[serde(default = "default_breaker_cooldown")]
     pub circuit_breaker_cooldown: String,
 }
 
 impl Default for RawUpstream {
     fn default() -> Self {
         Self {
-            base_url: default_base_url(),
+            base_url: "https://api.gcore.com".into(),
             allow_insecure_http: false,
-            timeout: default_upstream_timeout(),
-            connect_timeout: default_connect_timeout(),
-            retries: default_retries(),
-            max_body: default_max_body(),
+            timeout: "10s".into(),
+            connect_timeout: "2s".into(),
+            retries: 2,
+            // A `/iam/clients/me` body is a few KiB; 1 MiB leaves room for large accounts.
+            max_body: RawSize::Text("1MiB".into()),
             rate: None,
-            circuit_breaker_failures: default_breaker_failures(),
-            circuit_breaker_cooldown: default_breaker_cooldown(),
+            // Five failures in a row is a pattern, not a blip (one request with retries makes
+            // 3 attempts).
+            circuit_breaker_failures: 5,
+            circuit_breaker_cooldown: "15s".into(),
         }
     }
 }
 
-/// One `[[accounts]]` entry.
+/// One `[[accounts]]` entry (no defaults: every field is the operator's).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAccount {
     pub name: String,
     pub api_key_env: Option<String>,
     pub api_key_file: Option<String>,
+    /// RFC 3339: when the Gcore key expires.
+    pub expires: Option<String>,
 }
 
 /// `[cache]`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawCache {
-    #[serde(default = "default_ttl")]
     pub ttl: String,
-    #[serde(default = "default_swr")]
     pub stale_while_revalidate: String,
-    #[serde(default = "default_sie")]
     pub stale_if_error: String,
-    #[serde(default = "default_max_size")]
     pub max_size: RawSize,
 }
 
 impl Default for RawCache {
     fn default() -> Self {
         Self {
-            ttl: default_ttl(),
-            stale_while_revalidate: default_swr(),
-            stale_if_error: default_sie(),
-            max_size: default_max_size(),
+            ttl: "60s".into(),
+            stale_while_revalidate: "30s".into(),
+            stale_if_error: "10m".into(),
+            max_size: RawSize::Text("64MiB".into()),
         }
     }
 }
 
-/// `[redis]` (optional).
+/// `[redis]` (optional). Exactly one of `url`, `url_env`, `url_file`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RawRedis {
-    pub url: String,
-    #[serde(default = "default_key_prefix")]
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub url_file: Option<String>,
     pub key_prefix: String,
-    #[serde(default = "default_redis_timeout")]
     pub timeout: String,
-    #[serde(default = "default_redis_pool")]
     pub pool_size: u32,
+}
+
+impl Default for RawRedis {
+    fn default() -> Self {
+        Self {
+            url: None,
+            url_env: None,
+            url_file: None,
+            key_prefix: "gcore-gateway:".into(),
+            // Redis on the same network answers in well under a millisecond; 50 ms means it
+            // is in trouble.
+            timeout: "50ms".into(),
+            pool_size: 4,
+        }
+    }
 }
 
 /// One `[[routes]]` entry.
@@ -171,17 +191,6 @@ pub struct RawRoute {
     pub ttl: Option<String>,
     #[serde(default)]
     pub forward_query: bool,
-}
-
-/// One `[profiles.NAME]` table.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawProfile {
-    #[serde(default)]
-    pub remove: Vec<String>,
-    #[serde(default)]
-    pub mask: Vec<String>,
-    pub allow: Option<Vec<String>>,
 }
 
 /// One `[[clients]]` entry.
@@ -195,92 +204,4 @@ pub struct RawClient {
     pub rate: Option<String>,
     pub burst: Option<u32>,
     pub routes: Option<Vec<String>>,
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:8080".into()
-}
-fn default_admin_listen() -> String {
-    "127.0.0.1:9090".into()
-}
-/// Long enough for a slow upstream call (timeout 10 s) to finish during a rolling restart.
-fn default_shutdown_grace() -> String {
-    "10s".into()
-}
-/// Covers connect + (1 + retries) attempts with backoff on a slow upstream.
-fn default_request_timeout() -> String {
-    "15s".into()
-}
-/// 30 failures a minute per IP stops key guessing yet tolerates a misconfigured client.
-fn default_auth_failure_limit() -> String {
-    "30/m".into()
-}
-/// Slowloris protection: a whole request head must arrive within this.
-fn default_header_read_timeout() -> String {
-    "5s".into()
-}
-fn default_keep_alive_timeout() -> String {
-    "60s".into()
-}
-fn default_max_connections() -> u64 {
-    10_000
-}
-fn default_max_header_bytes() -> RawSize {
-    RawSize::Text("16KiB".into())
-}
-fn default_max_uri_bytes() -> RawSize {
-    RawSize::Text("8KiB".into())
-}
-fn default_base_url() -> String {
-    "https://api.gcore.com".into()
-}
-fn default_upstream_timeout() -> String {
-    "10s".into()
-}
-fn default_connect_timeout() -> String {
-    "2s".into()
-}
-fn default_retries() -> u32 {
-    2
-}
-/// A `/iam/clients/me` body is a few KiB; 1 MiB leaves room for large accounts.
-fn default_max_body() -> RawSize {
-    RawSize::Text("1MiB".into())
-}
-/// Five failures in a row is a pattern, not a blip (one request with retries makes 3 attempts).
-fn default_breaker_failures() -> u32 {
-    5
-}
-fn default_breaker_cooldown() -> String {
-    "15s".into()
-}
-fn default_ttl() -> String {
-    "60s".into()
-}
-fn default_swr() -> String {
-    "30s".into()
-}
-fn default_sie() -> String {
-    "10m".into()
-}
-fn default_max_size() -> RawSize {
-    RawSize::Text("64MiB".into())
-}
-fn default_key_prefix() -> String {
-    "gcore-gateway:".into()
-}
-/// Redis on the same network answers in well under a millisecond; 50 ms means it is in trouble.
-fn default_redis_timeout() -> String {
-    "50ms".into()
-}
-fn default_redis_pool() -> u32 {
-    4
-}
-/// Without `[[routes]]` only the endpoint the gateway was built for is exposed.
-fn default_routes() -> Vec<RawRoute> {
-    vec![RawRoute {
-        path: "/iam/clients/me".into(),
-        ttl: None,
-        forward_query: false,
-    }]
 }

@@ -14,14 +14,18 @@
 //!   down to the header timeout.
 //!
 //! Around every request: a slot of the in-flight cap taken without waiting (none free → 503 at
-//! once), a [`HasBody`] marker so that `proxy` can refuse GET/HEAD bodies (bodies are never
-//! read, so never forwarded), a panic guard (500 `internal`, the process keeps serving) and a
-//! `server.request_timeout` backstop. Requests that carried a body or `Transfer-Encoding` are
+//! once), a `HasBody` marker so that `proxy` can refuse GET/HEAD bodies (bodies are never
+//! read, so never forwarded), the request id (taken here, so every answer carries it), a
+//! panic guard (500 `internal`, the process keeps serving) and a `server.request_timeout`
+//! backstop. The guard is a `catch_unwind` around the handler future rather than
+//! tower-http's `CatchPanicLayer`: the caller port is a bare hyper service, and wrapping it
+//! in tower layers would box every response future on the hit path for the same effect. Requests that carried a body or `Transfer-Encoding` are
 //! answered with `Connection: close`, so no byte after a refused head is ever parsed as a
 //! request. hyper itself answers malformed heads: 400 for invalid bytes, unknown versions, bad
 //! framing and conflicting `Content-Length`s, 431 for heads beyond the read buffer or with
-//! more than [`MAX_HEADERS`] lines. The admin port is an axum router (`admin`). Nothing here
-//! decides what a request means.
+//! more than [`MAX_HEADERS`] lines. The admin port is an axum router (`admin`); it stays up
+//! while callers drain (`/readyz` answers 503 then) and closes last. Nothing here decides
+//! what a request means.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -41,10 +45,11 @@ use hyper_util::server::conn::auto::Builder;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 
-use crate::config::ServerSettings;
+use crate::config::{ConnLimits, ServerSettings};
 use crate::error::GatewayError;
+use crate::gateway::Gateway;
 use crate::metrics::RequestLabels;
-use crate::state::Gateway;
+use crate::proxy::{HasBody, RequestId};
 
 mod watchdog;
 use watchdog::{Busy, ConnClock, Expiry, Watched};
@@ -69,12 +74,6 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// After `shutdown_grace`, connections still open are dropped; this bounds waiting for that.
 const FORCE_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Marks a request that came with a body (any bytes after the head). Inserted into the
-/// request's extensions before `proxy` sees it; `proxy` refuses such GET and HEAD requests.
-/// The body itself is never read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HasBody;
-
 /// The caller-port limits, read from `[server]` once when serving starts (a reload does not
 /// change them; `request_timeout` is re-read per request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,14 +90,15 @@ pub struct Limits {
 
 impl Limits {
     pub fn from_settings(s: &ServerSettings) -> Limits {
-        let max_connections = s.max_connections.clamp(1, MAX_SLOTS);
+        let c: &ConnLimits = &s.conn;
+        let max_connections = c.max_connections.clamp(1, MAX_SLOTS);
         Limits {
-            header_read_timeout: s.header_read_timeout,
-            keep_alive_timeout: s.keep_alive_timeout,
+            header_read_timeout: c.header_read_timeout,
+            keep_alive_timeout: c.keep_alive_timeout,
             max_connections,
             max_in_flight: max_connections,
-            max_header_bytes: s.max_header_bytes,
-            max_uri_bytes: s.max_uri_bytes,
+            max_header_bytes: c.max_header_bytes,
+            max_uri_bytes: c.max_uri_bytes,
         }
     }
 }
@@ -129,16 +129,27 @@ pub async fn run(
         let _ = stop_tx.send(true);
     });
 
+    // The admin port outlives the drain: probes see 503 on /readyz, /metrics stays scrapable.
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin = {
         let gw = gw.clone();
-        let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let app = crate::admin::router(gw);
             axum::serve(admin_listener, app)
-                .with_graceful_shutdown(async move { stopped(&mut stop).await })
+                .with_graceful_shutdown(async move {
+                    let _ = admin_stop_rx.await;
+                })
                 .await
         })
     };
+    {
+        let gw = gw.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            stopped(&mut stop).await;
+            gw.ready.store(false, Ordering::Release);
+        });
+    }
     let maintenance = tokio::spawn(maintenance(gw.clone()));
     gw.ready.store(true, Ordering::Release);
     tracing::info!(
@@ -148,7 +159,9 @@ pub async fn run(
     let result = serve_callers(gw.clone(), listener, stop_rx).await;
     gw.ready.store(false, Ordering::Release);
     maintenance.abort();
+    let _ = admin_stop_tx.send(());
     let _ = admin.await;
+    crate::proxy::access_log::flush(Duration::from_secs(1));
     result
 }
 
@@ -189,7 +202,7 @@ async fn serve_callers(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let limits = Limits::from_settings(&gw.runtime.load().config.server);
+    let limits = Limits::from_settings(&gw.peek().config.server);
     let builder = builder(&limits);
     let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
@@ -254,7 +267,7 @@ async fn serve_callers(
     let _ = phase_tx.send(Phase::Draining);
     // Every open connection holds a slot: all slots back means all connections are closed.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let grace = gw.runtime.load().config.server.shutdown_grace;
+    let grace = gw.peek().config.server.shutdown_grace;
     if tokio::time::timeout(grace, slots.acquire_many(all))
         .await
         .is_err()
@@ -299,13 +312,14 @@ fn service(
                     if has_body {
                         req.extensions_mut().insert(HasBody);
                     }
-                    let timeout = gw.runtime.load().config.server.request_timeout;
-                    let handler = crate::proxy::handle(gw.clone(), peer.ip(), req);
-                    let resp = guarded(handler, timeout + REQUEST_TIMEOUT_SLACK).await;
+                    let timeout = gw.peek().config.server.request_timeout;
+                    let id = RequestId::from_headers(req.headers());
+                    let handler = crate::proxy::handle_with_id(gw.clone(), peer.ip(), req, &id);
+                    let resp = guarded(handler, timeout + REQUEST_TIMEOUT_SLACK, &id).await;
                     drop(slot);
                     resp
                 }
-                Err(_) => overloaded(&gw),
+                Err(_) => overloaded(&gw, &RequestId::from_headers(req.headers())),
             };
             if close {
                 resp.headers_mut()
@@ -320,28 +334,29 @@ fn service(
 /// Runs a request handler so that a panic becomes 500 `internal` and a handler that outlives
 /// `timeout` becomes 504, instead of a dropped connection or a stuck one. A panic's message is
 /// not logged: it could quote request data.
-async fn guarded<F>(handler: F, timeout: Duration) -> Response<Bytes>
+async fn guarded<F>(handler: F, timeout: Duration, id: &RequestId) -> Response<Bytes>
 where
     F: Future<Output = Response<Bytes>>,
 {
     match tokio::time::timeout(timeout, AssertUnwindSafe(handler).catch_unwind()).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(_)) => {
-            tracing::error!("request handler panicked; answered 500");
-            fallback_response(&GatewayError::Internal)
+            tracing::error!(request_id = id.as_str(), "request handler panicked; answered 500");
+            fallback_response(&GatewayError::Internal, id)
         }
         Err(_) => {
             tracing::warn!(
+                request_id = id.as_str(),
                 timeout_ms = timeout.as_millis() as u64,
                 "request outlived server.request_timeout; answered 504"
             );
-            fallback_response(&GatewayError::UpstreamTimeout)
+            fallback_response(&GatewayError::UpstreamTimeout, id)
         }
     }
 }
 
 /// 503 without touching the pipeline: every in-flight slot is taken.
-fn overloaded(gw: &Gateway) -> Response<Bytes> {
+fn overloaded(gw: &Gateway, id: &RequestId) -> Response<Bytes> {
     tracing::debug!("in-flight cap reached; answered 503");
     gw.metrics
         .requests
@@ -352,16 +367,13 @@ fn overloaded(gw: &Gateway) -> Response<Bytes> {
             cache: "NONE",
         })
         .inc();
-    fallback_response(&GatewayError::Overloaded)
+    fallback_response(&GatewayError::Overloaded, id)
 }
 
-/// An error answer made here rather than in `proxy` (which would have added the request id).
-fn fallback_response(err: &GatewayError) -> Response<Bytes> {
-    let id = format!("{:032x}", rand::random::<u128>());
-    let mut resp = err.to_response(&id);
-    if let Ok(v) = HeaderValue::try_from(id) {
-        resp.headers_mut().insert(&crate::proxy::X_REQUEST_ID, v);
-    }
+/// An error answer made here rather than in `proxy`, with the request's id.
+fn fallback_response(err: &GatewayError, id: &RequestId) -> Response<Bytes> {
+    let mut resp = err.to_response(id.as_str());
+    id.stamp(&mut resp);
     resp
 }
 
@@ -388,8 +400,7 @@ async fn maintenance(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     loop {
         tick.tick().await;
-        let rt = gw.runtime.load_full();
-        if let Some(t) = &rt.auth_throttle {
+        if let Some(t) = &gw.current().auth_throttle {
             t.prune();
         }
         gw.cache.sync().await;
@@ -467,16 +478,28 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_handler_becomes_500_internal() {
         let handler = buggy_handler();
-        let resp = guarded(handler, Duration::from_secs(5)).await;
+        let resp = guarded(handler, Duration::from_secs(5), &RequestId::new()).await;
         assert_eq!(resp.status(), 500);
         assert_eq!(code(&resp), "internal");
         assert!(!String::from_utf8_lossy(resp.body()).contains("handler bug"));
-        assert_eq!(resp.headers()[&crate::proxy::X_REQUEST_ID].len(), 32);
+        assert_eq!(resp.headers()["x-request-id"].len(), 32);
+    }
+
+    #[tokio::test]
+    async fn panic_and_timeout_answers_keep_the_callers_request_id() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("caller-id-7"));
+        let id = RequestId::from_headers(&h);
+        let resp = guarded(buggy_handler(), Duration::from_secs(5), &id).await;
+        assert_eq!(resp.headers()["x-request-id"], "caller-id-7");
+        let resp = guarded(std::future::pending(), Duration::from_millis(10), &id).await;
+        assert_eq!(resp.status(), 504);
+        assert_eq!(resp.headers()["x-request-id"], "caller-id-7");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_stuck_handler_is_cut_by_the_backstop() {
-        let resp = guarded(std::future::pending(), Duration::from_secs(3)).await;
+        let resp = guarded(std::future::pending(), Duration::from_secs(3), &RequestId::new()).await;
         assert_eq!(resp.status(), 504);
         assert_eq!(code(&resp), "upstream_timeout");
     }
@@ -535,7 +558,7 @@ mod tests {
         )
         .unwrap()
         .server;
-        s.max_connections = usize::MAX;
+        s.conn.max_connections = usize::MAX;
         let l = Limits::from_settings(&s);
         assert_eq!(l.max_connections, MAX_SLOTS);
         assert_eq!(l.max_in_flight, MAX_SLOTS);

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use gcore_gateway::config::Config;
-use gcore_gateway::state::{ConfigSource, Gateway};
+use gcore_gateway::{ConfigSource, Gateway};
 
 pub const CLIENTS_ME: &str = include_str!("../fixtures/clients_me.json");
 pub const KEY_401: &str = include_str!("../fixtures/error_401_bad_permanent_token.json");

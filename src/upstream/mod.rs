@@ -5,25 +5,29 @@
 //! `User-Agent`. No caller header is ever copied, so caller credentials, cookies, `Host`,
 //! `Forwarded`/`X-Forwarded-*` and hop-by-hop headers cannot leak upstream. Redirects are not
 //! followed. Bodies are streamed and capped at `upstream.max_body`. Error bodies are dropped
-//! unread: Gcore's 401 echoes part of the key. Retries with backoff live here; the decision
-//! to serve stale, the breaker and the budget live in `cache::fill`.
+//! unread: Gcore's 401 echoes part of the key. Retries with backoff live here, and so does the
+//! per-account [`breaker`] (circuit breaker and pauses); the order of breaker, budget, shared
+//! cache and call for one miss is `proxy::miss`'s, serving stale is `proxy`'s.
+//!
+//! This is the only room that ever sees the Gcore key in clear: [`UpstreamKey`] keeps it in a
+//! [`SecretString`] and hands out only derived values (a fingerprint, a MAC key for shared
+//! values) outside this module. The proxy environment variables are ignored
+//! (`.no_proxy()`): the key goes to `upstream.base_url`'s host and nowhere else.
+
+pub(crate) mod breaker;
+mod key;
 
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, StatusCode};
-use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
-use crate::config::{Account, UpstreamSettings};
+pub(crate) use breaker::Breaker;
+pub use key::{Account, UpstreamKey};
+pub use settings::UpstreamSettings;
 
-/// A successful upstream answer (status 200).
-#[derive(Debug, Clone)]
-pub struct Fetched {
-    pub body: Bytes,
-    /// How many attempts it took (1 = no retry).
-    pub attempts: u32,
-}
+mod settings;
 
 /// Why an upstream fetch failed. Carries no upstream bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,15 +82,22 @@ impl UpstreamFailure {
 }
 
 /// Retry-After when Gcore sends a 429 without one (its MCP docs say "wait 60 seconds").
-pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// A Retry-After further out than this is clamped: a typo upstream must not stop us for days.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// First retry backoff cap; doubles per attempt (full jitter picks uniformly below the cap).
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// The most the backoff before retry `retry` (1-based) sleeps; full jitter picks below it.
+fn backoff_cap(retry: u32) -> Duration {
+    BACKOFF_BASE
+        .saturating_mul(1 << retry.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX)
+}
+
 /// The shared upstream client (connection pool, TLS sessions).
-pub struct Upstream {
+pub(crate) struct Upstream {
     http: reqwest::Client,
     settings: UpstreamSettings,
 }
@@ -101,9 +112,11 @@ impl std::fmt::Debug for Upstream {
 
 impl Upstream {
     /// Builds the client. Fails only if the TLS backend cannot initialise.
-    pub fn new(settings: &UpstreamSettings) -> Result<Upstream, reqwest::Error> {
+    pub(crate) fn new(settings: &UpstreamSettings) -> Result<Upstream, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // HTTP_PROXY / HTTPS_PROXY / ALL_PROXY would receive the key: never consulted.
+            .no_proxy()
             .https_only(!settings.allow_insecure_http)
             .connect_timeout(settings.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -117,14 +130,14 @@ impl Upstream {
     }
 
     /// The settings this client was built from (a reload compares them).
-    pub fn settings(&self) -> &UpstreamSettings {
+    pub(crate) fn settings(&self) -> &UpstreamSettings {
         &self.settings
     }
 
     /// Fetches `path?query` for `account`, retrying connect errors and 502/503/504 with
     /// exponential backoff and full jitter, never past `deadline`. `admit` is asked before
     /// every attempt (the global upstream budget) and may refuse it.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         account: &Account,
         path: &str,
@@ -132,7 +145,7 @@ impl Upstream {
         deadline: Instant,
         admit: &(dyn Fn() -> Result<(), Duration> + Sync),
         on_attempt: &(dyn Fn(&'static str, Duration) + Sync),
-    ) -> Result<Fetched, UpstreamFailure> {
+    ) -> Result<Bytes, UpstreamFailure> {
         let mut url = String::with_capacity(self.settings.base_url.len() + path.len() + 32);
         url.push_str(&self.settings.base_url);
         url.push_str(path);
@@ -140,9 +153,10 @@ impl Upstream {
             url.push('?');
             url.push_str(q);
         }
-        let mut auth = HeaderValue::try_from(format!("APIKey {}", account.api_key.expose_secret()))
-            .map_err(|_| UpstreamFailure::Unauthorized(0))?;
-        auth.set_sensitive(true);
+        let auth = account
+            .key
+            .authorization()
+            .map_err(|()| UpstreamFailure::Unauthorized(0))?;
 
         let mut attempt = 0u32;
         loop {
@@ -158,17 +172,9 @@ impl Upstream {
                 started.elapsed(),
             );
             match result {
-                Ok(body) => {
-                    return Ok(Fetched {
-                        body,
-                        attempts: attempt,
-                    })
-                }
+                Ok(body) => return Ok(body),
                 Err(e) if e.retryable() && attempt <= self.settings.retries => {
-                    let cap = BACKOFF_BASE
-                        .saturating_mul(1 << (attempt - 1).min(16))
-                        .min(BACKOFF_MAX);
-                    let sleep = cap.mul_f64(rand::random::<f64>());
+                    let sleep = backoff_cap(attempt).mul_f64(rand::random::<f64>());
                     if Instant::now() + sleep >= deadline {
                         return Err(e);
                     }
@@ -226,16 +232,17 @@ impl Upstream {
             }
             buf.extend_from_slice(&chunk);
         }
-        // Only well-formed JSON counts as an answer: profiles need it and callers expect it.
-        serde_json::from_slice::<serde::de::IgnoredAny>(&buf)
-            .map_err(|_| UpstreamFailure::InvalidBody)?;
+        // Only well-formed JSON counts as an answer, checked by the parser the renderer uses
+        // (UTF-8, no lone surrogate escapes, numbers it can hold): an answer one caller could
+        // not be served is an answer nobody is served, and it never replaces a good copy.
+        crate::redact::check_json(&buf).map_err(|_| UpstreamFailure::InvalidBody)?;
         Ok(buf.freeze())
     }
 }
 
 /// `Retry-After` as delta-seconds or HTTP-date; default 60 s when absent or unparseable,
 /// clamped to one hour.
-pub fn parse_retry_after(v: Option<&HeaderValue>) -> Duration {
+pub(crate) fn parse_retry_after(v: Option<&HeaderValue>) -> Duration {
     let Some(s) = v.and_then(|v| v.to_str().ok()).map(str::trim) else {
         return DEFAULT_RETRY_AFTER;
     };

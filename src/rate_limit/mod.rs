@@ -3,10 +3,13 @@
 //! `tokio::time`, so tests can pause and advance time.
 //!
 //! This module decides and reports (`RateLimit-*` values, `Retry-After`); it does not build
-//! responses (see `error` and `proxy`) and it does not know about Redis (a shared limiter for
-//! several replicas is a separate backend).
+//! responses (see `error` and `proxy`). With Redis up, a client's limit is decided by the
+//! shared GCRA in [`distributed`] instead of the local limiter ([`ClientLimiter::decide`]
+//! makes that choice).
 
-use std::net::IpAddr;
+pub(crate) mod distributed;
+
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -16,7 +19,8 @@ use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
-use crate::config::units::Rate;
+use crate::redis::Redis;
+use crate::units::Rate;
 
 /// governor's clock on top of `tokio::time::Instant` (paused time in tests moves it).
 #[derive(Clone, Debug)]
@@ -40,7 +44,7 @@ impl Clock for TokioClock {
 }
 
 /// The quota for `rate` with `burst` cells of capacity.
-pub fn quota(rate: Rate, burst: u32) -> Quota {
+pub(crate) fn quota(rate: Rate, burst: u32) -> Quota {
     let burst = NonZeroU32::new(burst).unwrap_or(rate.count);
     Quota::with_period(rate.interval().max(Duration::from_nanos(1)))
         .unwrap_or_else(|| Quota::per_second(rate.count))
@@ -89,6 +93,21 @@ impl ClientLimiter {
         }
     }
 
+    /// One decision for the client named `name`: shared by all replicas while `redis` answers,
+    /// this replica's own otherwise.
+    pub(crate) async fn decide(
+        &self,
+        redis: Option<&Redis>,
+        name: &str,
+    ) -> Result<RateLimitInfo, (RateLimitInfo, Duration)> {
+        if let Some(redis) = redis {
+            if let Some(d) = distributed::check(redis, name, self.rate, self.burst).await {
+                return d;
+            }
+        }
+        self.check()
+    }
+
     /// Takes one cell. `Ok(info)` when allowed, `Err((info, retry_after))` when not.
     pub fn check(&self) -> Result<RateLimitInfo, (RateLimitInfo, Duration)> {
         let interval = self.rate.interval();
@@ -119,8 +138,24 @@ fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
-/// Failed authentications per source IP. An IP over its budget is refused (429) before its key
-/// is even looked at, until the budget recovers.
+/// What the failed-auth throttle counts per: the address for IPv4, its /64 for IPv6 (one
+/// host usually holds a whole /64, so per-address budgets would be unlimited). An IPv4-mapped
+/// IPv6 address counts as its IPv4 address.
+pub fn throttle_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(bits))
+            }
+        },
+    }
+}
+
+/// Failed authentications per source address ([`throttle_key`]). An address over its budget is
+/// refused (429) before its key is even looked at, until the budget recovers.
 pub struct AuthThrottle {
     failures: RateLimiter<
         IpAddr,
@@ -154,6 +189,7 @@ impl AuthThrottle {
 
     /// `Err(retry_after)` when `ip` is currently blocked.
     pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
+        let ip = throttle_key(ip);
         // Fast path: no block outlives the latest one recorded, so past it nothing is blocked
         // and the per-IP lookup is skipped (the common case on the hit path).
         let now_ms = self.failures.clock().now().as_u64() / 1_000_000;
@@ -181,6 +217,7 @@ impl AuthThrottle {
     /// Records one failed authentication from `ip`; returns `Err(retry_after)` if that
     /// exhausted the budget (the IP is blocked from now on).
     pub fn record_failure(&self, ip: IpAddr) -> Result<(), Duration> {
+        let ip = throttle_key(ip);
         match self.failures.check_key(&ip) {
             Ok(()) => Ok(()),
             Err(not_until) => {
@@ -209,14 +246,14 @@ impl AuthThrottle {
 }
 
 /// The global budget of upstream calls (`upstream.rate`).
-pub struct UpstreamBudget {
+pub(crate) struct UpstreamBudget {
     limiter: RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>,
     clock: TokioClock,
     pub rate: Rate,
 }
 
 impl UpstreamBudget {
-    pub fn new(rate: Rate, clock: TokioClock) -> Self {
+    pub(crate) fn new(rate: Rate, clock: TokioClock) -> Self {
         Self {
             limiter: RateLimiter::direct_with_clock(quota(rate, rate.count.get()), clock.clone()),
             clock,
@@ -225,7 +262,7 @@ impl UpstreamBudget {
     }
 
     /// Takes one call from the budget, or says how long until one is available.
-    pub fn admit(&self) -> Result<(), Duration> {
+    pub(crate) fn admit(&self) -> Result<(), Duration> {
         self.limiter
             .check()
             .map_err(|nu| nu.wait_time_from(self.clock.now()))
@@ -235,7 +272,7 @@ impl UpstreamBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::units::rate;
+    use crate::units::rate;
 
     #[tokio::test(start_paused = true)]
     async fn burst_then_refuse_then_recover() {
@@ -263,6 +300,21 @@ mod tests {
             0,
             "a flood of addresses leaves no state behind"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ipv6_is_throttled_per_64() {
+        let t = AuthThrottle::new(rate("2/m").unwrap(), TokioClock::default());
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(t.record_failure(a).is_ok());
+        assert!(t.record_failure(b).is_ok());
+        assert!(t.record_failure(a).is_err(), "same /64 shares one budget");
+        assert!(t.check(b).is_err());
+        assert!(t.check(other).is_ok(), "another /64 is not affected");
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(throttle_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
     }
 
     #[tokio::test(start_paused = true)]

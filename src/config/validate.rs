@@ -1,0 +1,460 @@
+//! Validation: [`RawConfig`](super::raw::RawConfig) in, the runtime [`Config`](super::Config)
+//! out. Every error names the config key at fault and never quotes a secret or a value that
+//! could be one (a key pasted in the wrong field).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use super::model::*;
+use super::raw;
+use super::ConfigError;
+use crate::auth::KeyHash;
+use crate::redact::Profile;
+use crate::units;
+use crate::upstream::{Account, UpstreamKey, UpstreamSettings};
+
+/// The longest duration any setting accepts: sums of a few of them can never overflow, and no
+/// TTL, window or timeout of a gateway needs more.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Items in config order plus an index from a lookup key to their position.
+type Table<T, K> = (Vec<Arc<T>>, HashMap<K, usize>);
+
+pub(super) struct Validator<'a> {
+    pub(super) origin: &'a str,
+}
+
+impl Validator<'_> {
+    pub(super) fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.to_string(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn dur(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
+        let d = units::duration(s).map_err(|m| self.err(key, m))?;
+        if d > MAX_DURATION {
+            return Err(self.err(key, "must be at most 30 days"));
+        }
+        Ok(d)
+    }
+
+    fn positive(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
+        let d = self.dur(key, s)?;
+        if d.is_zero() {
+            return Err(self.err(key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn size(&self, key: &str, s: &units::RawSize) -> Result<u64, ConfigError> {
+        units::size(s).map_err(|m| self.err(key, m))
+    }
+
+    fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+        s.parse()
+            .map_err(|_| self.err(key, format!("invalid address {s:?}: expected IP:PORT")))
+    }
+
+    pub(super) fn server(&self, s: &raw::RawServer) -> Result<ServerSettings, ConfigError> {
+        let listen = self.addr("server.listen", &s.listen)?;
+        let admin_listen = self.addr("server.admin_listen", &s.admin_listen)?;
+        if listen == admin_listen && listen.port() != 0 {
+            return Err(self.err(
+                "server.admin_listen",
+                "must differ from server.listen (admin routes never share the caller port)",
+            ));
+        }
+        let auth_failure_limit = match s.auth_failure_limit.trim() {
+            "off" => None,
+            r => Some(units::rate(r).map_err(|m| self.err("server.auth_failure_limit", m))?),
+        };
+        let admin_token = s
+            .admin_token_sha256
+            .as_deref()
+            .map(|h| KeyHash::parse(h).map_err(|m| self.err("server.admin_token_sha256", m)))
+            .transpose()?;
+        if s.max_connections == 0 {
+            return Err(self.err("server.max_connections", "must be at least 1"));
+        }
+        let max_header_bytes = self.size("server.max_header_bytes", &s.max_header_bytes)?;
+        if max_header_bytes < 1024 {
+            return Err(self.err("server.max_header_bytes", "must be at least 1KiB"));
+        }
+        let max_uri_bytes = self.size("server.max_uri_bytes", &s.max_uri_bytes)?;
+        if max_uri_bytes < 256 {
+            return Err(self.err("server.max_uri_bytes", "must be at least 256 bytes"));
+        }
+        Ok(ServerSettings {
+            listen,
+            admin_listen,
+            shutdown_grace: self.dur("server.shutdown_grace", &s.shutdown_grace)?,
+            request_timeout: self.positive("server.request_timeout", &s.request_timeout)?,
+            auth_failure_limit,
+            conn: ConnLimits {
+                header_read_timeout: self
+                    .positive("server.header_read_timeout", &s.header_read_timeout)?,
+                keep_alive_timeout: self
+                    .positive("server.keep_alive_timeout", &s.keep_alive_timeout)?,
+                max_connections: s.max_connections.min(usize::MAX as u64) as usize,
+                max_header_bytes: max_header_bytes.min(1 << 20) as usize,
+                max_uri_bytes: max_uri_bytes.min(1 << 20) as usize,
+            },
+            admin_token,
+        })
+    }
+
+    pub(super) fn upstream(&self, u: &raw::RawUpstream) -> Result<UpstreamSettings, ConfigError> {
+        let key = "upstream.base_url";
+        let url = reqwest::Url::parse(&u.base_url)
+            .map_err(|e| self.err(key, format!("invalid URL {:?}: {e}", u.base_url)))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if u.allow_insecure_http => {}
+            "http" => {
+                return Err(self.err(
+                    key,
+                    "http:// needs upstream.allow_insecure_http = true (the API key would cross the network in clear text)",
+                ))
+            }
+            other => return Err(self.err(key, format!("unsupported scheme {other:?}"))),
+        }
+        if url.host_str().is_none() {
+            return Err(self.err(key, "has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.err(key, "must not carry credentials"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(self.err(key, "must not have a query or fragment"));
+        }
+        let max_body = self.size("upstream.max_body", &u.max_body)?;
+        if max_body == 0 {
+            return Err(self.err("upstream.max_body", "must be greater than zero"));
+        }
+        if u.retries > 10 {
+            return Err(self.err("upstream.retries", "at most 10"));
+        }
+        Ok(UpstreamSettings {
+            base_url: url.as_str().trim_end_matches('/').to_string(),
+            allow_insecure_http: u.allow_insecure_http,
+            timeout: self.positive("upstream.timeout", &u.timeout)?,
+            connect_timeout: self.positive("upstream.connect_timeout", &u.connect_timeout)?,
+            retries: u.retries,
+            max_body: max_body.min(usize::MAX as u64) as usize,
+            rate: u
+                .rate
+                .as_deref()
+                .map(|r| units::rate(r).map_err(|m| self.err("upstream.rate", m)))
+                .transpose()?,
+            breaker_failures: u.circuit_breaker_failures,
+            breaker_cooldown: self.positive(
+                "upstream.circuit_breaker_cooldown",
+                &u.circuit_breaker_cooldown,
+            )?,
+        })
+    }
+
+    pub(super) fn cache(&self, c: &raw::RawCache) -> Result<CacheSettings, ConfigError> {
+        Ok(CacheSettings {
+            ttl: self.positive("cache.ttl", &c.ttl)?,
+            stale_while_revalidate: self
+                .dur("cache.stale_while_revalidate", &c.stale_while_revalidate)?,
+            stale_if_error: self.dur("cache.stale_if_error", &c.stale_if_error)?,
+            max_size: self.size("cache.max_size", &c.max_size)?,
+        })
+    }
+
+    pub(super) fn redis(&self, r: &raw::RawRedis, env: &dyn SecretSource) -> Result<RedisSettings, ConfigError> {
+        let (key, url) = match (&r.url, &r.url_env, &r.url_file) {
+            (Some(url), None, None) => ("redis.url", url.clone()),
+            (None, Some(var), None) => {
+                self.env_name("redis.url_env", var)?;
+                let url = env.env(var).ok_or_else(|| {
+                    self.err(
+                        "redis.url_env",
+                        format!("environment variable {var} is not set"),
+                    )
+                })?;
+                ("redis.url_env", url)
+            }
+            (None, None, Some(file)) => {
+                // The path is not quoted: a URL with its password pasted here is a secret.
+                let url = std::fs::read_to_string(file)
+                    .map_err(|e| self.err("redis.url_file", format!("cannot read the file: {e}")))?;
+                ("redis.url_file", url)
+            }
+            _ => return Err(self.err("redis", "set exactly one of url / url_env / url_file")),
+        };
+        let url = url.trim().to_string();
+        let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+        if !scheme_ok {
+            return Err(self.err(key, "must start with redis:// or rediss://"));
+        }
+        if redis::IntoConnectionInfo::into_connection_info(url.as_str()).is_err() {
+            // The URL may hold a password: never quote it.
+            return Err(self.err(key, "is not a valid Redis URL"));
+        }
+        if r.pool_size == 0 {
+            return Err(self.err("redis.pool_size", "must be at least 1"));
+        }
+        Ok(RedisSettings {
+            url: RedisUrl(SecretString::from(url)),
+            key_prefix: r.key_prefix.clone(),
+            timeout: self.positive("redis.timeout", &r.timeout)?,
+            pool_size: r.pool_size,
+        })
+    }
+
+    /// `var` must be the NAME of an environment variable. Never echoed: a secret pasted here
+    /// instead of a name must not reach a log.
+    fn env_name(&self, key: &str, var: &str) -> Result<(), ConfigError> {
+        let valid = !var.is_empty()
+            && var.len() <= 128
+            && !var.starts_with(|c: char| c.is_ascii_digit())
+            && var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if valid {
+            Ok(())
+        } else {
+            Err(self.err(
+                key,
+                "must be the NAME of an environment variable ([A-Za-z_][A-Za-z0-9_]*), not the secret itself",
+            ))
+        }
+    }
+
+    /// An RFC 3339 timestamp in UTC (`2027-06-30T00:00:00Z`).
+    pub(super) fn timestamp(&self, key: &str, s: &str) -> Result<std::time::SystemTime, ConfigError> {
+        humantime::parse_rfc3339_weak(s.trim_end_matches('Z').trim_end_matches('z'))
+            .or_else(|_| humantime::parse_rfc3339(s))
+            .map_err(|_| {
+                self.err(
+                    key,
+                    format!("invalid date {s:?}: expected RFC 3339 in UTC, e.g. 2027-06-30T00:00:00Z"),
+                )
+            })
+    }
+
+    pub(super) fn accounts(
+        &self,
+        raw: &[raw::RawAccount],
+        env: &dyn SecretSource,
+    ) -> Result<Vec<Arc<Account>>, ConfigError> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, a) in raw.iter().enumerate() {
+            let at = format!("accounts[{i}]");
+            check_name(&a.name).map_err(|m| self.err(format!("{at}.name"), m))?;
+            if !seen.insert(a.name.as_str()) {
+                return Err(self.err(
+                    format!("{at}.name"),
+                    format!("duplicate account {:?}", a.name),
+                ));
+            }
+            if let Some(var) = &a.api_key_env {
+                self.env_name(&format!("{at}.api_key_env"), var)?;
+            }
+            let secret = match (&a.api_key_env, &a.api_key_file) {
+                (Some(var), None) => env.env(var).ok_or_else(|| {
+                    self.err(
+                        format!("{at}.api_key_env"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?,
+                (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
+                    self.err(
+                        format!("{at}.api_key_file"),
+                        // The path is not quoted: a key pasted here instead of a path is a secret.
+                        format!("cannot read the file: {e}"),
+                    )
+                })?,
+                _ => return Err(self.err(&at, "set exactly one of api_key_env / api_key_file")),
+            };
+            let secret = secret.trim().to_string();
+            let source = if a.api_key_env.is_some() {
+                "api_key_env"
+            } else {
+                "api_key_file"
+            };
+            if secret.is_empty() {
+                return Err(self.err(format!("{at}.{source}"), "the API key is empty"));
+            }
+            if secret.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+                return Err(self.err(
+                    format!("{at}.{source}"),
+                    "the API key contains whitespace or non-printable characters",
+                ));
+            }
+            let expires = a
+                .expires
+                .as_deref()
+                .map(|e| self.timestamp(&format!("{at}.expires"), e))
+                .transpose()?;
+            out.push(Arc::new(Account::new(
+                a.name.as_str().into(),
+                UpstreamKey::new(SecretString::from(secret)),
+                expires,
+            )));
+        }
+        Ok(out)
+    }
+
+    pub(super) fn routes(
+        &self,
+        raw: &[raw::RawRoute],
+        default_ttl: Duration,
+    ) -> Result<Table<Route, Arc<str>>, ConfigError> {
+        let mut routes = Vec::with_capacity(raw.len());
+        let mut by_path = HashMap::new();
+        for (i, r) in raw.iter().enumerate() {
+            let key = format!("routes[{i}].path");
+            crate::routing::validate_route_path(&r.path).map_err(|m| self.err(&key, m))?;
+            let path: Arc<str> = r.path.as_str().into();
+            if by_path.insert(path.clone(), i).is_some() {
+                return Err(self.err(key, format!("duplicate route {:?}", r.path)));
+            }
+            let ttl = match &r.ttl {
+                Some(t) => self.positive(&format!("routes[{i}].ttl"), t)?,
+                None => default_ttl,
+            };
+            routes.push(Arc::new(Route {
+                index: i,
+                path,
+                ttl,
+                forward_query: r.forward_query,
+            }));
+        }
+        Ok((routes, by_path))
+    }
+
+    pub(super) fn profiles(
+        &self,
+        raw: &std::collections::BTreeMap<String, raw::RawProfile>,
+    ) -> Result<Table<Profile, String>, ConfigError> {
+        let mut out = Vec::with_capacity(raw.len());
+        let mut by_name = HashMap::new();
+        for (name, p) in raw {
+            check_name(name).map_err(|m| self.err(format!("profiles.{name}"), m))?;
+            let profile = Profile::compile(name, p).map_err(|e| self.err(e.key, e.message))?;
+            by_name.insert(name.clone(), out.len());
+            out.push(Arc::new(profile));
+        }
+        Ok((out, by_name))
+    }
+
+    pub(super) fn clients(
+        &self,
+        raw: &[raw::RawClient],
+        accounts: &[Arc<Account>],
+        routes: &HashMap<Arc<str>, usize>,
+        profiles: &HashMap<String, usize>,
+        route_count: usize,
+    ) -> Result<Table<Client, KeyHash>, ConfigError> {
+        let mut out = Vec::with_capacity(raw.len());
+        let mut keys = HashMap::new();
+        let mut names = HashSet::new();
+        for (i, c) in raw.iter().enumerate() {
+            let at = format!("clients[{i}]");
+            check_name(&c.name).map_err(|m| self.err(format!("{at}.name"), m))?;
+            if !names.insert(c.name.as_str()) {
+                return Err(self.err(
+                    format!("{at}.name"),
+                    format!("duplicate client {:?}", c.name),
+                ));
+            }
+            let account = accounts
+                .iter()
+                .position(|a| *a.name == *c.account)
+                .ok_or_else(|| {
+                    self.err(
+                        format!("{at}.account"),
+                        format!("no account named {:?}", c.account),
+                    )
+                })?;
+            let profile = c
+                .profile
+                .as_ref()
+                .map(|p| {
+                    profiles.get(p).copied().ok_or_else(|| {
+                        self.err(format!("{at}.profile"), format!("no profile named {p:?}"))
+                    })
+                })
+                .transpose()?;
+            if c.keys.is_empty() {
+                return Err(self.err(format!("{at}.keys"), "needs at least one key hash"));
+            }
+            for (k, key) in c.keys.iter().enumerate() {
+                let hash =
+                    KeyHash::parse(key).map_err(|m| self.err(format!("{at}.keys[{k}]"), m))?;
+                if let Some(other) = keys.insert(hash, i) {
+                    return Err(self.err(
+                        format!("{at}.keys[{k}]"),
+                        format!("the same key is already listed for {:?}", raw[other].name),
+                    ));
+                }
+            }
+            let rate = c
+                .rate
+                .as_deref()
+                .map(|r| units::rate(r).map_err(|m| self.err(format!("{at}.rate"), m)))
+                .transpose()?;
+            let burst = match (rate, c.burst) {
+                (_, Some(0)) => return Err(self.err(format!("{at}.burst"), "must be at least 1")),
+                (None, Some(_)) => {
+                    return Err(self.err(format!("{at}.burst"), "needs a rate on the same client"))
+                }
+                (Some(_), Some(b)) => b,
+                (Some(r), None) => r.count.get(),
+                (None, None) => 0,
+            };
+            let allowed_routes = match &c.routes {
+                None => vec![true; route_count],
+                Some(list) => {
+                    let mut allowed = vec![false; route_count];
+                    for (r, path) in list.iter().enumerate() {
+                        let idx = routes.get(path.as_str()).ok_or_else(|| {
+                            self.err(
+                                format!("{at}.routes[{r}]"),
+                                format!("{path:?} is not a configured route"),
+                            )
+                        })?;
+                        allowed[*idx] = true;
+                    }
+                    allowed
+                }
+            };
+            out.push(Arc::new(Client {
+                index: i,
+                name: c.name.as_str().into(),
+                account,
+                profile,
+                rate,
+                burst,
+                allowed_routes,
+            }));
+        }
+        Ok((out, keys))
+    }
+}
+
+/// Names end up in metric labels and logs: keep them short and plain.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name {name:?}: use 1-64 characters from A-Z a-z 0-9 - _ ."
+        ))
+    }
+}

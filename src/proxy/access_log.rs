@@ -1,0 +1,214 @@
+//! The access log: one JSON line per request (target `gcore_gateway::access`), and the request
+//! metrics recorded with it.
+//!
+//! Lines are encoded here, by hand, into one small buffer each (no tracing formatter or field
+//! visitor on the hot path) and handed to a writer thread that writes them in batches to
+//! stderr. The queue is bounded in bytes ([`MAX_QUEUED_BYTES`]): when the sink is slower than
+//! the traffic, lines are dropped and counted (`gateway_log_dropped_total`) instead of growing
+//! memory or slowing requests. Only values from a closed set or the config reach a line: the
+//! method is a standard one or `OTHER`, names are config names, the request id is checked.
+//! Whether lines are written at all follows the tracing filter (`RUST_LOG`) for the target.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+
+/// The access log's tracing target (for `RUST_LOG` filters and log routing).
+#[cfg(test)]
+const TARGET: &str = "gcore_gateway::access";
+
+/// Bytes of encoded lines that may wait for the writer; beyond it, lines are dropped. 4 MiB
+/// is about 20,000 lines: seconds of full-speed traffic for a stalled sink.
+pub(crate) const MAX_QUEUED_BYTES: usize = 4 << 20;
+
+/// Lines dropped because the queue was full (exported as `gateway_log_dropped_total`).
+use crate::metrics::LOG_DROPPED as DROPPED;
+
+/// What one access line says.
+pub(crate) struct Line<'a> {
+    pub(crate) request_id: &'a str,
+    pub(crate) client: &'a str,
+    pub(crate) key: Option<&'a str>,
+    pub(crate) client_ip: std::net::IpAddr,
+    pub(crate) route: &'a str,
+    pub(crate) method: &'static str,
+    pub(crate) status: u16,
+    pub(crate) cache: &'static str,
+    pub(crate) latency: Duration,
+    pub(crate) upstream: Option<Duration>,
+}
+
+/// Whether access lines are wanted (the tracing filter enables the target at INFO).
+pub(crate) fn enabled() -> bool {
+    tracing::enabled!(target: "gcore_gateway::access", tracing::Level::INFO)
+}
+
+/// Encodes `line` and queues it for the writer (or drops and counts it when the queue is full).
+pub(crate) fn write(line: &Line<'_>) {
+    let mut buf = Vec::with_capacity(320);
+    encode(&mut buf, line, SystemTime::now());
+    sink().send(buf);
+}
+
+fn encode(buf: &mut Vec<u8>, l: &Line<'_>, now: SystemTime) {
+    let mut num = itoa::Buffer::new();
+    buf.extend_from_slice(b"{\"timestamp\":\"");
+    // RFC 3339 with microseconds, as the tracing JSON formatter writes it.
+    let _ = write!(buf, "{}", humantime::format_rfc3339_micros(now));
+    buf.extend_from_slice(b"\",\"level\":\"INFO\",\"target\":\"gcore_gateway::access\"");
+    buf.extend_from_slice(b",\"request_id\":");
+    string(buf, l.request_id);
+    buf.extend_from_slice(b",\"client\":");
+    string(buf, l.client);
+    if let Some(k) = l.key {
+        buf.extend_from_slice(b",\"key\":");
+        string(buf, k);
+    }
+    let _ = write!(buf, ",\"client_ip\":\"{}\"", l.client_ip);
+    buf.extend_from_slice(b",\"route\":");
+    string(buf, l.route);
+    buf.extend_from_slice(b",\"method\":\"");
+    buf.extend_from_slice(l.method.as_bytes());
+    buf.extend_from_slice(b"\",\"status\":");
+    buf.extend_from_slice(num.format(l.status).as_bytes());
+    buf.extend_from_slice(b",\"cache\":\"");
+    buf.extend_from_slice(l.cache.as_bytes());
+    buf.extend_from_slice(b"\",\"latency_us\":");
+    buf.extend_from_slice(num.format(l.latency.as_micros() as u64).as_bytes());
+    if let Some(u) = l.upstream {
+        buf.extend_from_slice(b",\"upstream_us\":");
+        buf.extend_from_slice(num.format(u.as_micros() as u64).as_bytes());
+    }
+    buf.extend_from_slice(b"}\n");
+}
+
+/// A JSON string (names and ids are plain ASCII already; escaping keeps that a guarantee).
+fn string(buf: &mut Vec<u8>, s: &str) {
+    // Writing into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+struct Sink {
+    tx: Sender<Vec<u8>>,
+    queued: &'static AtomicUsize,
+}
+
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
+
+impl Sink {
+    fn send(&self, line: Vec<u8>) {
+        let n = line.len();
+        if self.queued.fetch_add(n, Ordering::AcqRel) + n > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            DROPPED.inc();
+            return;
+        }
+        if self.tx.send(line).is_err() {
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+            DROPPED.inc();
+        }
+    }
+}
+
+fn sink() -> &'static Sink {
+    static SINK: OnceLock<Sink> = OnceLock::new();
+    SINK.get_or_init(|| {
+        let (tx, rx) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer(rx, &QUEUED, std::io::stderr()));
+        if spawned.is_err() {
+            tracing::error!("cannot start the access log writer; access lines are dropped");
+        }
+        Sink {
+            tx,
+            queued: &QUEUED,
+        }
+    })
+}
+
+/// Writes queued lines in batches: everything waiting is written with one `write(2)`.
+fn writer(rx: Receiver<Vec<u8>>, queued: &AtomicUsize, out: impl Write) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(first) = rx.recv() {
+        let mut n = first.len();
+        let _ = out.write_all(&first);
+        while let Ok(more) = rx.try_recv() {
+            n += more.len();
+            let _ = out.write_all(&more);
+        }
+        let _ = out.flush();
+        queued.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Waits (up to `max`) until every queued line is written; for shutdown.
+pub(crate) fn flush(max: Duration) {
+    let until = std::time::Instant::now() + max;
+    while QUEUED.load(Ordering::Acquire) > 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line() -> Line<'static> {
+        Line {
+            request_id: "abc",
+            client: "alpha",
+            key: Some("2026-q4"),
+            client_ip: "10.0.0.1".parse().unwrap(),
+            route: "/iam/clients/me",
+            method: "GET",
+            status: 200,
+            cache: "HIT",
+            latency: Duration::from_micros(42),
+            upstream: None,
+        }
+    }
+
+    #[test]
+    fn lines_are_json_with_the_contract_fields() {
+        let mut buf = Vec::new();
+        encode(&mut buf, &line(), SystemTime::UNIX_EPOCH);
+        assert_eq!(buf.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["target"], TARGET);
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000000Z");
+        for (k, want) in [
+            ("request_id", "abc"),
+            ("client", "alpha"),
+            ("key", "2026-q4"),
+            ("client_ip", "10.0.0.1"),
+            ("route", "/iam/clients/me"),
+            ("method", "GET"),
+            ("cache", "HIT"),
+        ] {
+            assert_eq!(v[k], want, "{k}");
+        }
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["latency_us"], 42);
+        assert!(v.get("upstream_us").is_none());
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_growing() {
+        let (tx, rx) = mpsc::channel();
+        static Q: AtomicUsize = AtomicUsize::new(0);
+        let sink = Sink { tx, queued: &Q };
+        let before = DROPPED.get();
+        let line = vec![b'x'; 1024];
+        // Nobody drains `rx`: the queue fills to its bound, then every line is dropped.
+        for _ in 0..(MAX_QUEUED_BYTES / 1024 + 100) {
+            sink.send(line.clone());
+        }
+        assert!(Q.load(Ordering::Acquire) <= MAX_QUEUED_BYTES);
+        assert!(DROPPED.get() - before >= 100);
+        drop(rx);
+    }
+}

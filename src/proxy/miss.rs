@@ -1,0 +1,278 @@
+//! One cache miss, in order: shared copy → cross-replica lock → breaker → budget → upstream
+//! call → entry. Handed to the cache as the fetch of a single-flight fill.
+//!
+//! With `[redis]`, a fresh copy another replica stored is used as is (no call); otherwise this
+//! replica takes the fill lock, or waits for the replica holding it and uses its copy. A lock
+//! lives for the longest a fetch can take ([`lock_ttl`]), so it is never taken over while its
+//! holder still works. Redis trouble falls back to a local fetch. On failure nothing is
+//! stored: the previous good copy stays (a failed refresh never evicts).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::cache::{l2, CacheKey, Entry, FetchPanicked, Flight, Origin};
+use crate::config::Route;
+use crate::gateway::{AccountState, Gateway, Generation};
+use crate::metrics::{AccountLabel, UpstreamLabels};
+use crate::redis::{Lock, Redis, POLL_EVERY};
+use crate::upstream::breaker::Transition;
+use crate::upstream::UpstreamFailure;
+
+impl From<FetchPanicked> for UpstreamFailure {
+    fn from(_: FetchPanicked) -> Self {
+        UpstreamFailure::Body
+    }
+}
+
+/// Added to the longest fetch for the lock's lifetime: Redis round trips and scheduling.
+const LOCK_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long the cross-replica fill lock lives: the longest a fetch can take
+/// (`UpstreamSettings::worst_case_fetch`, cut at `server.request_timeout`, since a fetch never
+/// outlives its caller's deadline) plus [`LOCK_MARGIN`].
+pub(crate) fn lock_ttl(generation: &Generation) -> Duration {
+    let config = &generation.config;
+    config
+        .upstream
+        .worst_case_fetch()
+        .min(config.server.request_timeout)
+        + LOCK_MARGIN
+}
+
+/// What one miss needs from its request.
+#[derive(Clone)]
+pub(crate) struct Miss {
+    pub(crate) gw: Arc<Gateway>,
+    pub(crate) generation: Arc<Generation>,
+    pub(crate) key: CacheKey,
+    pub(crate) account: Arc<AccountState>,
+    pub(crate) route: Arc<Route>,
+    pub(crate) deadline: Instant,
+}
+
+impl Miss {
+    /// Joins the fill of this key, or starts one. Returns the fill and whether it was joined.
+    pub(crate) fn fill(self) -> (Flight<Arc<Entry>, UpstreamFailure>, bool) {
+        let gw = self.gw.clone();
+        let (key, ttl) = (self.key.clone(), self.route.ttl);
+        gw.cache.fill(&key, ttl, move || self.fetch())
+    }
+
+    async fn fetch(self) -> Result<Arc<Entry>, UpstreamFailure> {
+        let Some(redis) = self.gw.redis.clone() else {
+            return self.call_upstream().await;
+        };
+        let token = match self.shared_step(&redis).await {
+            SharedStep::Served(e) => return Ok(e),
+            SharedStep::Fetch(token) => token,
+        };
+        let result = self.call_upstream().await;
+        if let Ok(e) = &result {
+            let name = redis.key("c", &self.key, &self.account.account.tag);
+            let value = l2::encode(
+                self.account.account.key.mac_key(),
+                &name,
+                &e.raw.body,
+                e.fetched_wall,
+            );
+            redis
+                .put(name, value, self.generation.retain(self.max_ttl()))
+                .await;
+        }
+        if let Some(t) = token {
+            redis.unlock(&self.key, &self.account.account.tag, &t).await;
+        }
+        result
+    }
+
+    /// The longest route TTL: how long the L2 keeps answers (other replicas may run other
+    /// TTLs for the same route after a reload).
+    fn max_ttl(&self) -> Duration {
+        let config = &self.generation.config;
+        config
+            .routes
+            .iter()
+            .map(|r| r.ttl)
+            .max()
+            .unwrap_or(config.cache.ttl)
+    }
+
+    /// The cross-replica part: a fresh shared copy, or the lock, or waiting for the replica
+    /// that holds it. Falls back to a local fetch when Redis is unavailable, when the holder
+    /// finishes without a fresh copy (it failed), or when the deadline nears.
+    async fn shared_step(&self, redis: &Redis) -> SharedStep {
+        if let Some(e) = self.shared_copy(redis).await {
+            return SharedStep::Served(e);
+        }
+        let tag = &self.account.account.tag;
+        let ttl = lock_ttl(&self.generation);
+        loop {
+            match redis.lock(&self.key, tag, ttl).await {
+                Lock::Acquired(token) => {
+                    // A holder may have stored its answer and released the lock in between.
+                    if let Some(e) = self.shared_copy(redis).await {
+                        redis.unlock(&self.key, tag, &token).await;
+                        return SharedStep::Served(e);
+                    }
+                    return SharedStep::Fetch(Some(token));
+                }
+                Lock::Unavailable => return SharedStep::Fetch(None),
+                Lock::Held => {}
+            }
+            loop {
+                if Instant::now() + POLL_EVERY >= self.deadline {
+                    return SharedStep::Fetch(None);
+                }
+                tokio::time::sleep(POLL_EVERY).await;
+                if let Some(e) = self.shared_copy(redis).await {
+                    return SharedStep::Served(e);
+                }
+                match redis.lock_held(&self.key, tag).await {
+                    Some(true) => continue,
+                    // Released (or expired) without a fresh copy: try to take over.
+                    Some(false) => break,
+                    None => return SharedStep::Fetch(None),
+                }
+            }
+        }
+    }
+
+    /// A fresh, intact copy of this key from the L2 (another replica's fetch).
+    async fn shared_copy(&self, redis: &Redis) -> Option<Arc<Entry>> {
+        let account = &self.account.account;
+        let name = redis.key("c", &self.key, &account.tag);
+        let value = redis.get(name.clone()).await?;
+        let Some(shared) = l2::decode(account.key.mac_key(), &name, &value) else {
+            self.gw.metrics.l2_rejected.inc();
+            tracing::warn!(
+                account = %account.name,
+                route = %self.route.path,
+                "ignored a shared cache value that is not intact or not JSON"
+            );
+            return None;
+        };
+        let e = Entry::from_replica(
+            shared.body,
+            shared.fetched_wall,
+            self.generation.retain(self.route.ttl),
+            self.generation.config.profiles.len(),
+        );
+        if e.age(Instant::now()) >= self.route.ttl {
+            return None;
+        }
+        self.gw.metrics.l2_hits.inc();
+        Some(Arc::new(e))
+    }
+
+    /// Breaker → budget → the upstream call (with its retries) → an entry.
+    async fn call_upstream(&self) -> Result<Arc<Entry>, UpstreamFailure> {
+        let metrics = &self.gw.metrics;
+        let account = &self.account;
+        let labels = |outcome| UpstreamLabels {
+            account: account.account.name.clone(),
+            route: self.route.path.clone(),
+            outcome,
+        };
+        if let Err(f) = account.breaker.gate() {
+            // Not a call: the account is paused, negatively cached or its circuit is open.
+            metrics
+                .upstream_requests
+                .get_or_create(&labels("skipped"))
+                .inc();
+            return Err(f);
+        }
+        let admit = || match &self.generation.budget {
+            Some(b) => b.admit(),
+            None => Ok(()),
+        };
+        let duration = metrics
+            .upstream_duration
+            .get_or_create_owned(&AccountLabel {
+                account: account.account.name.clone(),
+            });
+        // Every HTTP attempt (retries included) is counted, so the metric equals what Gcore saw.
+        let on_attempt = |outcome: &'static str, took: Duration| {
+            metrics.upstream_requests.get_or_create(&labels(outcome)).inc();
+            duration.observe(took.as_secs_f64());
+        };
+        let started = Instant::now();
+        let fetched = self
+            .generation
+            .upstream
+            .fetch(
+                &account.account,
+                &self.route.path,
+                self.key.query(),
+                self.deadline,
+                &admit,
+                &on_attempt,
+            )
+            .await;
+        let elapsed = started.elapsed();
+        let gauge = || {
+            metrics.breaker_open.get_or_create(&AccountLabel {
+                account: account.account.name.clone(),
+            })
+        };
+        match fetched {
+            Ok(body) => {
+                if account.breaker.on_success() == Transition::Closed {
+                    tracing::info!(account = %account.account.name, "upstream healthy again; circuit closed");
+                    gauge().set(0);
+                }
+                Ok(Arc::new(Entry::new(
+                    body,
+                    Instant::now(),
+                    Origin::Upstream(elapsed),
+                    self.generation.retain(self.route.ttl),
+                    self.generation.config.profiles.len(),
+                )))
+            }
+            Err(f) => {
+                if matches!(f, UpstreamFailure::BudgetExhausted { .. }) {
+                    metrics.upstream_budget_exhausted.inc();
+                    metrics
+                        .upstream_requests
+                        .get_or_create(&labels("budget_exhausted"))
+                        .inc();
+                }
+                if let UpstreamFailure::Unauthorized(status) = f {
+                    tracing::error!(
+                        account = %account.account.name,
+                        status,
+                        "upstream rejected the account's API key: check the key configured for this account"
+                    );
+                }
+                let up = &self.generation.config.upstream;
+                let t = account
+                    .breaker
+                    .on_failure(&f, up.breaker_failures, up.breaker_cooldown);
+                if t == Transition::Opened {
+                    tracing::warn!(
+                        account = %account.account.name,
+                        cooldown_ms = up.breaker_cooldown.as_millis() as u64,
+                        "circuit opened for account"
+                    );
+                    gauge().set(1);
+                }
+                tracing::warn!(
+                    account = %account.account.name,
+                    route = %self.route.path,
+                    failure = %f,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "upstream fetch failed"
+                );
+                Err(f)
+            }
+        }
+    }
+}
+
+enum SharedStep {
+    /// Another replica's answer.
+    Served(Arc<Entry>),
+    /// Call the upstream ourselves (holding the lock when `Some`).
+    Fetch(Option<String>),
+}

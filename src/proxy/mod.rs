@@ -1,0 +1,297 @@
+//! The caller-facing request handler: the pipeline, top to bottom.
+//!
+//! shape → authenticate → rate limit → route → cache (or [`miss`]) → redact → respond. Each
+//! step is a call into the room that owns it, walking one request context ([`Ctx`]) that
+//! collects what the access log and metrics need. Rooms here: [`shape`] (refusals before any
+//! key is looked at), [`miss`] (what a cache miss does, handed to the cache as a fetch),
+//! [`respond`] (headers, 304, request ids), [`access_log`] (the log line and request
+//! metrics). Sockets, connection limits and panics are `server`'s; the error→status table is
+//! `error`'s.
+
+pub(crate) mod access_log;
+pub(crate) mod miss;
+pub(crate) mod respond;
+pub(crate) mod shape;
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use tokio::time::Instant;
+
+pub use respond::RequestId;
+pub use shape::HasBody;
+
+use crate::auth::{self, Credential};
+use crate::cache::{CacheKey, CacheStatus, Lookup, Origin};
+use crate::config::Client;
+use crate::error::GatewayError;
+use crate::gateway::{Gateway, Generation};
+use crate::metrics::{ClientLabel, ReasonLabel, RequestLabels};
+use crate::rate_limit::RateLimitInfo;
+use crate::routing;
+use crate::upstream::UpstreamFailure;
+use miss::Miss;
+
+/// One request on its way through the pipeline: where it came from, and what the access log
+/// and metrics will say about it.
+struct Ctx {
+    gw: Arc<Gateway>,
+    generation: Arc<Generation>,
+    peer: IpAddr,
+    client: Option<usize>,
+    route: Option<usize>,
+    cache: Option<CacheStatus>,
+    /// Upstream fetch time, when this request waited for one (MISS).
+    upstream: Option<Duration>,
+    rate_limit: Option<RateLimitInfo>,
+}
+
+/// Handles one caller request. Never panics on input; never sends caller bytes upstream.
+pub async fn handle<B>(gw: Arc<Gateway>, peer: IpAddr, req: Request<B>) -> Response<Bytes> {
+    let request_id = RequestId::from_headers(req.headers());
+    handle_with_id(gw, peer, req, &request_id).await
+}
+
+/// [`handle`] with the request id already taken (the server takes it first, so that even a
+/// panic or timeout answer carries it).
+pub(crate) async fn handle_with_id<B>(
+    gw: Arc<Gateway>,
+    peer: IpAddr,
+    req: Request<B>,
+    request_id: &RequestId,
+) -> Response<Bytes> {
+    let started = Instant::now();
+    let mut ctx = Ctx {
+        generation: gw.current(),
+        gw,
+        peer,
+        client: None,
+        route: None,
+        cache: None,
+        upstream: None,
+        rate_limit: None,
+    };
+    let mut resp = match pipeline(&mut ctx, &req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if matches!(e, GatewayError::Internal | GatewayError::UpstreamError) {
+                tracing::debug!(request_id = request_id.as_str(), error = %e, "request failed");
+            }
+            e.to_response(request_id.as_str())
+        }
+    };
+    request_id.stamp(&mut resp);
+    if let Some(info) = ctx.rate_limit {
+        respond::rate_limit_headers(resp.headers_mut(), info);
+    }
+    record(&ctx, &req, &resp, request_id, started);
+    resp
+}
+
+async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>, GatewayError> {
+    let generation = ctx.generation.clone();
+    let config = &generation.config;
+    shape::check(&config.server.conn, req)?;
+
+    // 1. authenticate
+    let client = authenticate(&ctx.gw, &generation, ctx.peer, req.headers())?;
+    ctx.client = Some(client.index);
+    let state = &generation.clients[client.index];
+    state.usage.touch();
+
+    // 2. rate limit
+    if let Some(limiter) = &state.limiter {
+        match limiter.decide(ctx.gw.redis.as_deref(), &client.name).await {
+            Ok(info) => ctx.rate_limit = Some(info),
+            Err((info, retry_after)) => {
+                ctx.rate_limit = Some(info);
+                state.usage.rate_limited.fetch_add(1, Ordering::Relaxed);
+                ctx.gw
+                    .metrics
+                    .rate_limited
+                    .get_or_create(&ClientLabel {
+                        client: client.name.clone(),
+                    })
+                    .inc();
+                return Err(GatewayError::RateLimited { retry_after });
+            }
+        }
+    }
+
+    // 3. route
+    let path = routing::normalize(req.uri().path()).map_err(|_| GatewayError::NotFound)?;
+    let route_idx = *config
+        .route_by_path
+        .get(path.as_ref())
+        .ok_or(GatewayError::NotFound)?;
+    let route = &config.routes[route_idx];
+    ctx.route = Some(route_idx);
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+    if !client.allowed_routes[route_idx] {
+        return Err(GatewayError::Forbidden);
+    }
+    let query = if route.forward_query {
+        routing::canonical_query(req.uri().query()).map_err(|_| GatewayError::NotFound)?
+    } else {
+        None
+    };
+
+    // 4. cache, or fetch on a miss
+    let account = &generation.accounts[client.account];
+    let key = CacheKey::new(
+        account.account.name.clone(),
+        account.account.key_fp,
+        route.path.clone(),
+        query,
+    );
+    let now = Instant::now();
+    let lookup = ctx
+        .gw
+        .cache
+        .lookup(&key, now, route.ttl, generation.stale)
+        .await;
+    let miss = || Miss {
+        gw: ctx.gw.clone(),
+        generation: generation.clone(),
+        key: key.clone(),
+        account: account.clone(),
+        route: route.clone(),
+        deadline: now + config.server.request_timeout,
+    };
+    let (entry, status) = match lookup {
+        Lookup::Fresh(e) => (e, CacheStatus::Hit),
+        Lookup::Revalidate(e) => {
+            // Serve at once; one background refresh (joins any fill already running).
+            drop(miss().fill());
+            ctx.gw.metrics.stale_served.get_or_create(&ReasonLabel { reason: "revalidate" }).inc();
+            (e, CacheStatus::Stale)
+        }
+        Lookup::Miss { stale } => {
+            let m = miss();
+            let deadline = m.deadline;
+            let (flight, joined) = m.fill();
+            if joined {
+                ctx.gw.metrics.coalesced.inc();
+            }
+            let result = tokio::time::timeout_at(deadline, flight)
+                .await
+                .unwrap_or(Err(UpstreamFailure::Timeout));
+            match (result, stale) {
+                (Ok(e), _) => (e, CacheStatus::Miss),
+                (Err(_), Some(e)) => {
+                    ctx.gw.metrics.stale_served.get_or_create(&ReasonLabel { reason: "error" }).inc();
+                    (e, CacheStatus::Stale)
+                }
+                (Err(f), None) => return Err(GatewayError::from(f)),
+            }
+        }
+    };
+    ctx.cache = Some(status);
+    match status {
+        CacheStatus::Miss => {
+            if let Origin::Upstream(took) = entry.origin {
+                ctx.upstream = Some(took);
+            }
+        }
+        CacheStatus::Hit => {
+            state.usage.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        CacheStatus::Stale => {}
+    }
+
+    // 5. redact
+    let profile = client.profile.map(|i| &config.profiles[i]);
+    let rendered = entry.body_for(profile).map_err(|_| {
+        tracing::error!(
+            client = %client.name,
+            "upstream body could not be redacted; answering 502 (fail closed)"
+        );
+        GatewayError::UpstreamError
+    })?;
+
+    // 6. respond
+    Ok(respond::served(req, &entry, rendered, status, route.ttl.as_secs()))
+}
+
+/// The client whose key the request carries. The failed-auth throttle is asked first, so an
+/// address over its budget is refused before any key is looked at.
+fn authenticate<'g>(
+    gw: &Gateway,
+    generation: &'g Generation,
+    peer: IpAddr,
+    headers: &http::HeaderMap,
+) -> Result<&'g Arc<Client>, GatewayError> {
+    if let Some(t) = &generation.auth_throttle {
+        if let Err(retry_after) = t.check(peer) {
+            gw.metrics.auth_throttled.inc();
+            return Err(GatewayError::AuthThrottled { retry_after });
+        }
+    }
+    let found = match auth::credential(headers) {
+        Credential::Key(k) => auth::lookup(&generation.config.key_to_client, k),
+        Credential::Missing | Credential::Malformed => None,
+    };
+    match found {
+        Some(i) => Ok(&generation.config.clients[i]),
+        None => {
+            gw.auth_failed(generation, peer);
+            Err(GatewayError::Unauthorized)
+        }
+    }
+}
+
+/// Writes the access line and counts the request.
+fn record<B>(
+    ctx: &Ctx,
+    req: &Request<B>,
+    resp: &Response<Bytes>,
+    request_id: &RequestId,
+    started: Instant,
+) {
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    let cache = ctx.cache.map_or("NONE", CacheStatus::as_str);
+    let config = &ctx.generation.config;
+    let client = ctx.client.map(|i| &config.clients[i].name);
+    let route = ctx.route.map(|i| &config.routes[i].path);
+    ctx.gw.metrics.request_duration.observe(elapsed.as_secs_f64());
+    if access_log::enabled() {
+        access_log::write(&access_log::Line {
+            request_id: request_id.as_str(),
+            client: client.map_or("anonymous", |c| c),
+            key: None,
+            client_ip: ctx.peer,
+            route: route.map_or("other", |r| r),
+            method: shape::method_label(req.method()),
+            status,
+            cache,
+            latency: elapsed,
+            upstream: ctx.upstream,
+        });
+    }
+    // The common case (200 HIT) uses a counter handle made at config load: no label hashing.
+    if let (200, Some(CacheStatus::Hit), Some(c), Some(r)) = (status, ctx.cache, ctx.client, ctx.route) {
+        if let Some(counter) = ctx.generation.clients.get(c).and_then(|c| c.hits_200.get(r)) {
+            counter.inc();
+            return;
+        }
+    }
+    static ANON: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    static OTHER: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    ctx.gw
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            client: client.cloned().unwrap_or_else(|| ANON.get_or_init(|| "anonymous".into()).clone()),
+            route: route.cloned().unwrap_or_else(|| OTHER.get_or_init(|| "other".into()).clone()),
+            status,
+            cache,
+        })
+        .inc();
+}
