@@ -11,6 +11,8 @@
 //! `cargo bench --bench hot_path` (add `-- hit_path` to run one group). The load test with real
 //! sockets is `bench/run.sh`; see BENCHMARKS.md.
 
+#![allow(missing_docs)] // criterion_group! generates undocumented functions.
+
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};

@@ -10,6 +10,8 @@
 //! `cargo bench --bench redact` (add `-- redact_cold` to run one group). Measurement time is
 //! kept short: the development machine has 2 slow cores.
 
+#![allow(missing_docs)] // criterion_group! generates undocumented functions.
+
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -182,7 +184,7 @@ fn bench_cold(c: &mut Criterion) {
                         i + 1,
                     )
                 },
-                |entry| entry.body_for(Some(&p)).unwrap().body.len(),
+                |entry| entry.body_for(Some(p)).unwrap().body.len(),
                 criterion::BatchSize::SmallInput,
             )
         });

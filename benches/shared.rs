@@ -4,6 +4,8 @@
 //!
 //! `cargo bench --bench shared`
 
+#![allow(missing_docs)] // criterion_group! generates undocumented functions.
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -114,7 +114,10 @@ async fn purge(State(gw): State<Arc<Gateway>>, Query(q): Query<PurgeQuery>) -> R
     // The shared L2 too, or the next miss would refill from it. Other replicas' L1 copies
     // age out with their TTL (purge each replica for an immediate effect everywhere).
     let redis_purged = match &gw.redis {
-        Some(redis) => match redis.purge(state.as_ref().map(|s| s.account.tag.as_str())).await {
+        Some(redis) => match redis
+            .purge(state.as_ref().map(|s| s.account.tag.as_str()))
+            .await
+        {
             Some(n) => json!(n),
             None => json!("redis unavailable"),
         },
@@ -172,7 +175,9 @@ async fn cache(State(gw): State<Arc<Gateway>>) -> Response {
             .config
             .route_by_path
             .get(key.route())
-            .map_or(generation.config.cache.ttl, |i| generation.config.routes[*i].ttl);
+            .map_or(generation.config.cache.ttl, |i| {
+                generation.config.routes[*i].ttl
+            });
         by_account
             .entry(key.account().to_string())
             .or_default()

@@ -79,8 +79,10 @@ pub fn config_text(port: u16, upstream: SocketAddr) -> String {
 /// The demo could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    /// The config is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The runtime could not be built.
     #[error(transparent)]
     Build(#[from] crate::gateway::BuildError),
 }

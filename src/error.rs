@@ -14,34 +14,57 @@ use http::{header, HeaderValue, Response, StatusCode};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
     // --- caller ---
+    /// Missing or unknown API key.
     #[error("missing or unknown API key")]
     Unauthorized,
+    /// Too many failed authentications from this address.
     #[error("too many failed authentications from this address")]
-    AuthThrottled { retry_after: Duration },
+    AuthThrottled {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// Client not allowed on this route.
     #[error("client not allowed on this route")]
     Forbidden,
+    /// Not found.
     #[error("not found")]
     NotFound,
+    /// Method not allowed.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// Rate limit exceeded.
     #[error("rate limit exceeded")]
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// Request URI too long.
     #[error("request URI too long")]
     UriTooLong,
+    /// Request header fields too large.
     #[error("request header fields too large")]
     HeadersTooLarge,
+    /// Bad request.
     #[error("bad request")]
     BadRequest,
     // --- upstream ---
+    /// Upstream error.
     #[error("upstream error")]
     UpstreamError,
+    /// Upstream unavailable.
     #[error("upstream unavailable")]
-    UpstreamUnavailable { retry_after: Option<Duration> },
+    UpstreamUnavailable {
+        /// When to try again.
+        retry_after: Option<Duration>,
+    },
+    /// Upstream timed out.
     #[error("upstream timed out")]
     UpstreamTimeout,
     // --- ours ---
+    /// Gateway overloaded.
     #[error("gateway overloaded")]
     Overloaded,
+    /// Internal error.
     #[error("internal error")]
     Internal,
 }

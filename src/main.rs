@@ -12,8 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use gcore_gateway::auth::{generate_key, KeyHash};
 use gcore_gateway::config::Config;
-use gcore_gateway::{ConfigSource, Gateway};
 use gcore_gateway::{demo, server};
+use gcore_gateway::{ConfigSource, Gateway};
 
 #[derive(Parser)]
 #[command(

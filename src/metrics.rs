@@ -14,11 +14,16 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// Labels of `gateway_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// Client name (or `anonymous`).
     pub client: Arc<str>,
+    /// Route path (or `other`).
     pub route: Arc<str>,
+    /// HTTP status.
     pub status: u16,
+    /// `[cache]`.
     pub cache: &'static str,
 }
 
@@ -73,24 +78,43 @@ pub(crate) static LOG_DROPPED: std::sync::LazyLock<Counter> =
 /// All metrics of the process.
 pub struct Metrics {
     registry: Registry,
+    /// `gateway_requests_total`.
     pub requests: Family<RequestLabels, Counter>,
+    /// `gateway_upstream_requests_total`.
     pub upstream_requests: Family<UpstreamLabels, Counter>,
+    /// `gateway_upstream_request_duration_seconds`.
     pub upstream_duration: Family<AccountLabel, Histogram>,
+    /// `gateway_request_duration_seconds`.
     pub request_duration: Histogram,
+    /// `gateway_cache_entries`.
     pub cache_entries: Gauge,
+    /// `gateway_cache_weighted_bytes`.
     pub cache_bytes: Gauge,
+    /// `gateway_rate_limited_total`.
     pub rate_limited: Family<ClientLabel, Counter>,
+    /// `gateway_coalesced_requests_total`.
     pub coalesced: Counter,
+    /// `gateway_stale_served_total`.
     pub stale_served: Family<ReasonLabel, Counter>,
+    /// `gateway_auth_failures_total`.
     pub auth_failures: Counter,
+    /// `gateway_auth_throttled_total`.
     pub auth_throttled: Counter,
+    /// `gateway_circuit_open`.
     pub breaker_open: Family<AccountLabel, Gauge>,
+    /// `gateway_config_reloads_total`.
     pub config_reloads: Family<ResultLabel, Counter>,
+    /// `gateway_upstream_budget_exhausted_total`.
     pub upstream_budget_exhausted: Counter,
+    /// `gateway_open_connections`.
     pub connections: Gauge,
+    /// `gateway_redis_up`.
     pub redis_up: Gauge,
+    /// `gateway_redis_fallback_total`.
     pub redis_fallback: Family<OpLabel, Counter>,
+    /// `gateway_l2_hits_total`.
     pub l2_hits: Counter,
+    /// `gateway_l2_rejected_total`.
     pub l2_rejected: Counter,
 }
 
@@ -107,6 +131,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A new one.
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();

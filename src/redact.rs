@@ -17,17 +17,22 @@ use serde_json_path::JsonPath;
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileSpec {
+    /// JSONPaths whose matches are deleted.
     #[serde(default)]
     pub remove: Vec<String>,
+    /// JSONPaths whose matches are masked (strings → `"***"`, others → null).
     #[serde(default)]
     pub mask: Vec<String>,
+    /// When set, only these JSONPaths are kept (exclusive with remove/mask).
     pub allow: Option<Vec<String>>,
 }
 
 /// A compiled redaction profile.
 #[derive(Debug)]
 pub struct Profile {
+    /// The name (config, metric labels, logs).
     pub name: String,
+    /// What it does.
     pub mode: Mode,
     /// What it was compiled from: two profiles with equal name and spec render alike, so a
     /// reload keeps the renders cached for the old one.
@@ -39,7 +44,9 @@ pub struct Profile {
 pub enum Mode {
     /// Delete `remove` matches and replace `mask` matches (strings → `"***"`, others → null).
     Deny {
+        /// Deleted matches (path text, compiled).
         remove: Vec<(String, JsonPath)>,
+        /// Masked matches (path text, compiled).
         mask: Vec<(String, JsonPath)>,
     },
     /// Keep only `allow` matches (and the containers leading to them).
@@ -49,7 +56,9 @@ pub enum Mode {
 /// A profile that does not compile; `key` is the config key (`profiles.NAME.remove[2]`).
 #[derive(Debug)]
 pub struct ProfileError {
+    /// The Gcore key.
     pub key: String,
+    /// What is wrong.
     pub message: String,
 }
 

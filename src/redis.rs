@@ -207,7 +207,10 @@ impl Redis {
     /// The raw value stored under `name`, if any.
     pub async fn get(&self, name: String) -> Option<Vec<u8>> {
         self.call("l2_get", |mut c| async move {
-            redis::cmd("GET").arg(name).query_async::<Option<Vec<u8>>>(&mut c).await
+            redis::cmd("GET")
+                .arg(name)
+                .query_async::<Option<Vec<u8>>>(&mut c)
+                .await
         })
         .await?
     }
@@ -322,9 +325,7 @@ impl Redis {
             })
             .await;
     }
-
 }
-
 
 /// A Redis error without anything that could carry the password (URLs are never echoed).
 fn redacted(e: &redis::RedisError) -> String {

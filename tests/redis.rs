@@ -79,10 +79,7 @@ fn shared_config(up: &FakeUpstream, redis: &Redis, extra: &str) -> String {
 
 async fn wait_redis_up(gws: &[&Harness]) {
     for _ in 0..300 {
-        if gws
-            .iter()
-            .all(|g| g.gw.redis_up() == Some(true))
-        {
+        if gws.iter().all(|g| g.gw.redis_up() == Some(true)) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -1,4 +1,5 @@
 //! Helpers shared by the criterion benches (included with `mod common;`).
+#![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
 use std::hint::black_box;

@@ -21,11 +21,14 @@ use crate::redact::{Profile, RedactError};
 /// A body ready to send, with its strong ETag.
 #[derive(Debug, Clone)]
 pub struct Rendered {
+    /// The bytes sent.
     pub body: Bytes,
+    /// Its strong ETag.
     pub etag: HeaderValue,
 }
 
 impl Rendered {
+    /// A new one.
     pub fn new(body: Bytes) -> Rendered {
         let digest = Sha256::digest(&body);
         let etag = format!("\"{}\"", hex::encode(&digest[..16]));
@@ -62,7 +65,9 @@ pub enum Origin {
 /// The stale windows of a config generation: how long past its TTL an entry may be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StaleWindows {
+    /// `cache.stale_while_revalidate`.
     pub revalidate: Duration,
+    /// `cache.stale_if_error`.
     pub if_error: Duration,
 }
 
@@ -77,10 +82,13 @@ type Renders = Vec<(Arc<Profile>, Option<Rendered>)>;
 
 /// One cached upstream answer.
 pub struct Entry {
+    /// When it was fetched (tokio clock: paused time in tests moves it).
     pub fetched_at: Instant,
+    /// When it was fetched, wall clock.
     pub fetched_wall: SystemTime,
     /// The upstream body as received (served to clients without a profile).
     pub raw: Rendered,
+    /// Where the body came from.
     pub origin: Origin,
     /// How long the store keeps the entry: the TTL plus the larger stale window of the config
     /// it was stored under (moka's per-entry expiry; freshness is decided from `fetched_at`).
@@ -225,7 +233,10 @@ mod tests {
         };
         assert_eq!(e.freshness(Instant::now(), ttl, stale), Freshness::Fresh);
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(e.freshness(Instant::now(), ttl, stale), Freshness::Revalidate);
+        assert_eq!(
+            e.freshness(Instant::now(), ttl, stale),
+            Freshness::Revalidate
+        );
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(e.freshness(Instant::now(), ttl, stale), Freshness::IfError);
         tokio::time::advance(Duration::from_secs(55)).await;
@@ -243,7 +254,12 @@ mod tests {
     #[tokio::test]
     async fn a_replica_time_in_the_future_counts_as_now() {
         let day_ahead = SystemTime::now() + Duration::from_secs(86_400);
-        let e = Entry::from_replica(Bytes::from_static(b"{}"), day_ahead, Duration::from_secs(60), 0);
+        let e = Entry::from_replica(
+            Bytes::from_static(b"{}"),
+            day_ahead,
+            Duration::from_secs(60),
+            0,
+        );
         assert!(e.fetched_wall <= SystemTime::now());
         assert!(e.age(Instant::now()) < Duration::from_secs(1));
     }
@@ -264,7 +280,10 @@ mod tests {
             2,
         );
         assert_eq!(&e.body_for(Some(&p1)).unwrap().body[..], br#"{"b":2}"#);
-        assert_eq!(&e.body_for(Some(&p2)).unwrap().body[..], br#"{"a":1,"b":2}"#);
+        assert_eq!(
+            &e.body_for(Some(&p2)).unwrap().body[..],
+            br#"{"a":1,"b":2}"#
+        );
         assert_eq!(&e.body_for(Some(&p1)).unwrap().body[..], br#"{"b":2}"#);
     }
 }

@@ -37,7 +37,12 @@ fn mac(mac_key: &[u8; 32], redis_key: &str, ts: &[u8; 8], body: &[u8]) -> HmacSh
 }
 
 /// The value to store under `redis_key` for `body` fetched at `fetched_wall`.
-pub(crate) fn encode(mac_key: &[u8; 32], redis_key: &str, body: &[u8], fetched_wall: SystemTime) -> Vec<u8> {
+pub(crate) fn encode(
+    mac_key: &[u8; 32],
+    redis_key: &str,
+    body: &[u8],
+    fetched_wall: SystemTime,
+) -> Vec<u8> {
     let ms = fetched_wall
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -86,15 +91,24 @@ mod tests {
         let now = SystemTime::now();
         let v = encode(&K, "c:tag:/r", b"{\"a\":1}", now);
         assert!(decode(&[8; 32], "c:tag:/r", &v).is_none(), "another key");
-        assert!(decode(&K, "c:tag:/other", &v).is_none(), "moved to another key");
+        assert!(
+            decode(&K, "c:tag:/other", &v).is_none(),
+            "moved to another key"
+        );
         let mut flipped = v.clone();
         *flipped.last_mut().unwrap() ^= 1;
         assert!(decode(&K, "c:tag:/r", &flipped).is_none(), "body changed");
         let mut later = v.clone();
         later[8] ^= 1;
         assert!(decode(&K, "c:tag:/r", &later).is_none(), "time changed");
-        assert!(decode(&K, "c:tag:/r", b"<html>").is_none(), "not ours at all");
+        assert!(
+            decode(&K, "c:tag:/r", b"<html>").is_none(),
+            "not ours at all"
+        );
         let html = encode(&K, "c:tag:/r", b"<html>", now);
-        assert!(decode(&K, "c:tag:/r", &html).is_none(), "intact but not JSON");
+        assert!(
+            decode(&K, "c:tag:/r", &html).is_none(),
+            "intact but not JSON"
+        );
     }
 }

@@ -21,8 +21,8 @@ use moka::future::Cache;
 use moka::ops::compute::Op;
 use tokio::time::Instant;
 
-pub use entry::{Entry, Origin, Rendered, StaleWindows};
 use entry::Freshness;
+pub use entry::{Entry, Origin, Rendered, StaleWindows};
 pub(crate) use flight::{FetchPanicked, Flight};
 pub use key::CacheKey;
 
@@ -247,7 +247,9 @@ mod tests {
         let key = CacheKey::new("A".into(), 1, "/r".into(), None);
         let old = Instant::now();
         tokio::time::advance(Duration::from_secs(5)).await;
-        store.insert(key.clone(), entry(Instant::now(), b"{\"v\":2}")).await;
+        store
+            .insert(key.clone(), entry(Instant::now(), b"{\"v\":2}"))
+            .await;
         store.insert(key.clone(), entry(old, b"{\"v\":1}")).await;
         let got = store.get(&key).await.unwrap();
         assert_eq!(&got.raw.body[..], b"{\"v\":2}");

@@ -6,8 +6,8 @@
 //! names the config key at fault and never quotes a secret. Runtime state (limiters, cache)
 //! lives elsewhere; this module only describes what the operator asked for.
 
-pub mod raw;
 mod model;
+pub mod raw;
 mod validate;
 
 pub use crate::units;
@@ -25,17 +25,27 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("{path}: cannot read config: {source}")]
     Read {
+        /// The route path, as configured.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     /// TOML syntax or schema (unknown key, wrong type).
     #[error("{origin}: {message}")]
-    Parse { origin: String, message: String },
+    Parse {
+        /// Where the text came from.
+        origin: String,
+        /// The parser's message, values cut out.
+        message: String,
+    },
     /// A value that parsed but is not acceptable.
     #[error("{origin}: {key}: {message}")]
     Invalid {
+        /// Where the body came from.
         origin: String,
+        /// The Gcore key.
         key: String,
+        /// What is wrong.
         message: String,
     },
 }

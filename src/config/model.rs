@@ -21,42 +21,60 @@ use crate::upstream::{Account, UpstreamSettings};
 /// `[server]`, validated.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
+    /// Caller port address (`server.listen`).
     pub listen: SocketAddr,
+    /// Admin port address (`server.admin_listen`).
     pub admin_listen: SocketAddr,
+    /// How long in-flight requests may finish after a stop signal.
     pub shutdown_grace: Duration,
+    /// Deadline of one caller request, upstream wait included.
     pub request_timeout: Duration,
     /// `None` when `auth_failure_limit = "off"`.
     pub auth_failure_limit: Option<Rate>,
     /// Connection limits: fixed while serving (a reload that changes one is refused).
     pub conn: ConnLimits,
+    /// Hash of the admin bearer token, when admin routes need one.
     pub admin_token: Option<KeyHash>,
 }
 
 /// The caller port's connection limits (`[server]`); restart-only as a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {
+    /// A request head must arrive within this (slowloris defence).
     pub header_read_timeout: Duration,
+    /// An idle connection is closed after this.
     pub keep_alive_timeout: Duration,
+    /// Open caller connections at most.
     pub max_connections: usize,
+    /// Request head size limit (431 beyond).
     pub max_header_bytes: usize,
+    /// Request target size limit (414 beyond).
     pub max_uri_bytes: usize,
 }
 
 /// `[cache]`, validated.
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
+    /// How long an answer is fresh.
     pub ttl: Duration,
+    /// Past the TTL, served while one refresh runs.
     pub stale_while_revalidate: Duration,
+    /// Past the TTL, served when a refresh fails.
     pub stale_if_error: Duration,
+    /// Weighted bytes the cache may hold.
     pub max_size: u64,
 }
 
 /// `[redis]`, validated; restart-only as a whole.
 #[derive(Debug, PartialEq, Eq)]
 pub struct RedisSettings {
+    /// The Redis URL (may hold a password).
     pub url: RedisUrl,
+    /// Prefix of every Redis key name.
     pub key_prefix: String,
+    /// Timeout of one call.
     pub timeout: Duration,
+    /// Connections kept open.
     pub pool_size: u32,
 }
 
@@ -85,8 +103,11 @@ impl Eq for RedisUrl {}
 /// One allow-listed route.
 #[derive(Debug)]
 pub struct Route {
+    /// Position in its config table.
     pub index: usize,
+    /// The route path, as configured.
     pub path: Arc<str>,
+    /// How long an answer is fresh.
     pub ttl: Duration,
     /// Whether the caller's (canonical) query string is forwarded and part of the cache key.
     /// Off by default: otherwise any caller could bust the cache and spend the account's quota
@@ -97,13 +118,17 @@ pub struct Route {
 /// One caller (team).
 #[derive(Debug)]
 pub struct Client {
+    /// Position in its config table.
     pub index: usize,
+    /// The name (config, metric labels, logs).
     pub name: Arc<str>,
     /// Index into [`Config::accounts`].
     pub account: usize,
     /// Index into [`Config::profiles`].
     pub profile: Option<usize>,
+    /// Sustained rate, when limited.
     pub rate: Option<Rate>,
+    /// Burst capacity of the rate.
     pub burst: u32,
     /// `allowed_routes[route.index]`; every route when the client lists none.
     pub allowed_routes: Vec<bool>,
@@ -114,15 +139,25 @@ pub struct Client {
 pub struct Config {
     /// Where it came from (a path, or "embedded demo config").
     pub origin: String,
+    /// `[server]`.
     pub server: ServerSettings,
+    /// `[upstream]`.
     pub upstream: UpstreamSettings,
+    /// `[[accounts]]`, in config order.
     pub accounts: Vec<Arc<Account>>,
+    /// `[cache]`.
     pub cache: CacheSettings,
+    /// `[redis]`, when replicas share through Redis.
     pub redis: Option<RedisSettings>,
+    /// `[[routes]]`, in config order.
     pub routes: Vec<Arc<Route>>,
+    /// Route index by path.
     pub route_by_path: HashMap<Arc<str>, usize>,
+    /// `[profiles]`, compiled.
     pub profiles: Vec<Arc<Profile>>,
+    /// `[[clients]]`, in config order.
     pub clients: Vec<Arc<Client>>,
+    /// Client index by caller-key hash.
     pub key_to_client: HashMap<KeyHash, usize>,
 }
 
@@ -146,4 +181,3 @@ impl SecretSource for HashMap<String, String> {
         self.get(name).cloned()
     }
 }
-

@@ -171,7 +171,11 @@ impl Validator<'_> {
         })
     }
 
-    pub(super) fn redis(&self, r: &raw::RawRedis, env: &dyn SecretSource) -> Result<RedisSettings, ConfigError> {
+    pub(super) fn redis(
+        &self,
+        r: &raw::RawRedis,
+        env: &dyn SecretSource,
+    ) -> Result<RedisSettings, ConfigError> {
         let (key, url) = match (&r.url, &r.url_env, &r.url_file) {
             (Some(url), None, None) => ("redis.url", url.clone()),
             (None, Some(var), None) => {
@@ -186,8 +190,9 @@ impl Validator<'_> {
             }
             (None, None, Some(file)) => {
                 // The path is not quoted: a URL with its password pasted here is a secret.
-                let url = std::fs::read_to_string(file)
-                    .map_err(|e| self.err("redis.url_file", format!("cannot read the file: {e}")))?;
+                let url = std::fs::read_to_string(file).map_err(|e| {
+                    self.err("redis.url_file", format!("cannot read the file: {e}"))
+                })?;
                 ("redis.url_file", url)
             }
             _ => return Err(self.err("redis", "set exactly one of url / url_env / url_file")),
@@ -230,13 +235,19 @@ impl Validator<'_> {
     }
 
     /// An RFC 3339 timestamp in UTC (`2027-06-30T00:00:00Z`).
-    pub(super) fn timestamp(&self, key: &str, s: &str) -> Result<std::time::SystemTime, ConfigError> {
+    pub(super) fn timestamp(
+        &self,
+        key: &str,
+        s: &str,
+    ) -> Result<std::time::SystemTime, ConfigError> {
         humantime::parse_rfc3339_weak(s.trim_end_matches('Z').trim_end_matches('z'))
             .or_else(|_| humantime::parse_rfc3339(s))
             .map_err(|_| {
                 self.err(
                     key,
-                    format!("invalid date {s:?}: expected RFC 3339 in UTC, e.g. 2027-06-30T00:00:00Z"),
+                    format!(
+                        "invalid date {s:?}: expected RFC 3339 in UTC, e.g. 2027-06-30T00:00:00Z"
+                    ),
                 )
             })
     }

@@ -58,6 +58,7 @@ pub(crate) struct ClientState {
 
 /// One config generation with everything derived from it.
 pub struct Generation {
+    /// The validated config.
     pub config: Config,
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) budget: Option<Arc<UpstreamBudget>>,
@@ -78,8 +79,10 @@ impl std::fmt::Debug for Generation {
 /// Building a generation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    /// Cannot build the upstream HTTP client: ….
     #[error("cannot build the upstream HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// Invalid Redis settings (redis.url): ….
     #[error("invalid Redis settings (redis.url): {0}")]
     Redis(String),
 }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-pub use generation::{BuildError, Generation};
 pub(crate) use generation::AccountState;
+pub use generation::{BuildError, Generation};
 
 use crate::cache::CacheStore;
 use crate::config::Config;
@@ -29,11 +29,15 @@ use crate::upstream::UpstreamFailure;
 /// Where the config is re-read from on reload.
 #[derive(Clone)]
 pub enum ConfigSource {
+    /// A TOML file, re-read on reload.
     File(std::path::PathBuf),
     /// Embedded text with its own secrets (the demo, tests); reload re-validates it.
     Embedded {
+        /// The TOML text.
         text: String,
+        /// Where the body came from.
         origin: String,
+        /// Its secrets, as environment variables by name.
         env: std::collections::HashMap<String, String>,
     },
 }
@@ -85,10 +89,13 @@ impl std::fmt::Debug for Gateway {
 /// Why a reload was refused (the old config keeps serving).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The config is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The runtime could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// … cannot change without a restart.
     #[error("{0} cannot change without a restart")]
     NeedsRestart(&'static str),
 }
@@ -140,7 +147,12 @@ impl Gateway {
     #[doc(hidden)]
     pub async fn prime(&self, account: &str, route: &str, entry: Arc<crate::cache::Entry>) -> bool {
         let generation = self.current();
-        let Some(a) = generation.config.accounts.iter().find(|a| &*a.name == account) else {
+        let Some(a) = generation
+            .config
+            .accounts
+            .iter()
+            .find(|a| &*a.name == account)
+        else {
             return false;
         };
         let key = crate::cache::CacheKey::new(a.name.clone(), a.key_fp, route.into(), None);

@@ -15,7 +15,6 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-
 /// The access log's tracing target (for `RUST_LOG` filters and log routing).
 #[cfg(test)]
 const TARGET: &str = "gcore_gateway::access";

@@ -194,7 +194,10 @@ impl Miss {
             });
         // Every HTTP attempt (retries included) is counted, so the metric equals what Gcore saw.
         let on_attempt = |outcome: &'static str, took: Duration| {
-            metrics.upstream_requests.get_or_create(&labels(outcome)).inc();
+            metrics
+                .upstream_requests
+                .get_or_create(&labels(outcome))
+                .inc();
             duration.observe(took.as_secs_f64());
         };
         let started = Instant::now();

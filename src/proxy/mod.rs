@@ -169,7 +169,13 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
         Lookup::Revalidate(e) => {
             // Serve at once; one background refresh (joins any fill already running).
             drop(miss().fill());
-            ctx.gw.metrics.stale_served.get_or_create(&ReasonLabel { reason: "revalidate" }).inc();
+            ctx.gw
+                .metrics
+                .stale_served
+                .get_or_create(&ReasonLabel {
+                    reason: "revalidate",
+                })
+                .inc();
             (e, CacheStatus::Stale)
         }
         Lookup::Miss { stale } => {
@@ -185,7 +191,11 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
             match (result, stale) {
                 (Ok(e), _) => (e, CacheStatus::Miss),
                 (Err(_), Some(e)) => {
-                    ctx.gw.metrics.stale_served.get_or_create(&ReasonLabel { reason: "error" }).inc();
+                    ctx.gw
+                        .metrics
+                        .stale_served
+                        .get_or_create(&ReasonLabel { reason: "error" })
+                        .inc();
                     (e, CacheStatus::Stale)
                 }
                 (Err(f), None) => return Err(GatewayError::from(f)),
@@ -216,7 +226,13 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
     })?;
 
     // 6. respond
-    Ok(respond::served(req, &entry, rendered, status, route.ttl.as_secs()))
+    Ok(respond::served(
+        req,
+        &entry,
+        rendered,
+        status,
+        route.ttl.as_secs(),
+    ))
 }
 
 /// The client whose key the request carries. The failed-auth throttle is asked first, so an
@@ -260,7 +276,10 @@ fn record<B>(
     let config = &ctx.generation.config;
     let client = ctx.client.map(|i| &config.clients[i].name);
     let route = ctx.route.map(|i| &config.routes[i].path);
-    ctx.gw.metrics.request_duration.observe(elapsed.as_secs_f64());
+    ctx.gw
+        .metrics
+        .request_duration
+        .observe(elapsed.as_secs_f64());
     if access_log::enabled() {
         access_log::write(&access_log::Line {
             request_id: request_id.as_str(),
@@ -276,8 +295,15 @@ fn record<B>(
         });
     }
     // The common case (200 HIT) uses a counter handle made at config load: no label hashing.
-    if let (200, Some(CacheStatus::Hit), Some(c), Some(r)) = (status, ctx.cache, ctx.client, ctx.route) {
-        if let Some(counter) = ctx.generation.clients.get(c).and_then(|c| c.hits_200.get(r)) {
+    if let (200, Some(CacheStatus::Hit), Some(c), Some(r)) =
+        (status, ctx.cache, ctx.client, ctx.route)
+    {
+        if let Some(counter) = ctx
+            .generation
+            .clients
+            .get(c)
+            .and_then(|c| c.hits_200.get(r))
+        {
             counter.inc();
             return;
         }
@@ -288,8 +314,12 @@ fn record<B>(
         .metrics
         .requests
         .get_or_create(&RequestLabels {
-            client: client.cloned().unwrap_or_else(|| ANON.get_or_init(|| "anonymous".into()).clone()),
-            route: route.cloned().unwrap_or_else(|| OTHER.get_or_init(|| "other".into()).clone()),
+            client: client
+                .cloned()
+                .unwrap_or_else(|| ANON.get_or_init(|| "anonymous".into()).clone()),
+            route: route
+                .cloned()
+                .unwrap_or_else(|| OTHER.get_or_init(|| "other".into()).clone()),
             status,
             cache,
         })

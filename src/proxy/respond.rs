@@ -98,7 +98,10 @@ pub(crate) fn served<B>(
     h.reserve(12);
     h.insert(header::CONTENT_TYPE, JSON);
     h.insert(&X_CACHE, HeaderValue::from_static(status.as_str()));
-    h.insert(header::AGE, HeaderValue::from(entry.age(Instant::now()).as_secs()));
+    h.insert(
+        header::AGE,
+        HeaderValue::from(entry.age(Instant::now()).as_secs()),
+    );
     h.insert(header::ETAG, rendered.etag);
     h.insert(header::CACHE_CONTROL, cache_control(ttl_secs));
     h.insert(header::VARY, VARY);

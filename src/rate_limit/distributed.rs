@@ -45,7 +45,11 @@ pub async fn check(
     rate: Rate,
     burst: u32,
 ) -> Option<Result<RateLimitInfo, (RateLimitInfo, Duration)>> {
-    let k = format!("{}r:{}", redis.prefix(), hex::encode(&Sha256::digest(name.as_bytes())[..12]));
+    let k = format!(
+        "{}r:{}",
+        redis.prefix(),
+        hex::encode(&Sha256::digest(name.as_bytes())[..12])
+    );
     let script = redis::Script::new(GCRA);
     let (count, per) = (rate.count.get(), rate.per.as_secs_f64());
     let (allowed, remaining, retry, reset): (i64, i64, String, String) = redis

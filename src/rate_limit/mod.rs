@@ -68,7 +68,9 @@ pub struct RateLimitInfo {
 pub struct ClientLimiter {
     limiter: Direct,
     clock: TokioClock,
+    /// Sustained rate, when limited.
     pub rate: Rate,
+    /// Burst capacity of the rate.
     pub burst: u32,
 }
 
@@ -82,6 +84,7 @@ impl std::fmt::Debug for ClientLimiter {
 }
 
 impl ClientLimiter {
+    /// A new one.
     pub fn new(rate: Rate, burst: u32, clock: TokioClock) -> Self {
         let limiter = RateLimiter::direct_with_clock(quota(rate, burst), clock.clone())
             .with_middleware::<StateInformationMiddleware>();
@@ -167,6 +170,7 @@ pub struct AuthThrottle {
     blocked: moka::sync::Cache<IpAddr, tokio::time::Instant>,
     /// Milliseconds (on the limiter clock) after which no IP is blocked any more.
     latest_unblock_ms: std::sync::atomic::AtomicU64,
+    /// Sustained rate, when limited.
     pub rate: Rate,
 }
 
@@ -175,6 +179,7 @@ pub struct AuthThrottle {
 const MAX_BLOCKED_IPS: u64 = 100_000;
 
 impl AuthThrottle {
+    /// A new one.
     pub fn new(rate: Rate, clock: TokioClock) -> Self {
         Self {
             failures: RateLimiter::new(quota(rate, rate.count.get()), Default::default(), clock),

@@ -78,17 +78,23 @@ const FORCE_CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// change them; `request_timeout` is re-read per request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// A request head must arrive within this (slowloris defence).
     pub header_read_timeout: Duration,
+    /// An idle connection is closed after this.
     pub keep_alive_timeout: Duration,
+    /// Open caller connections at most.
     pub max_connections: usize,
     /// Requests being handled at once, over all connections (HTTP/2 multiplexes many per
     /// connection). Equal to `max_connections`: one per HTTP/1.1 connection at most.
     pub max_in_flight: usize,
+    /// Request head size limit (431 beyond).
     pub max_header_bytes: usize,
+    /// Request target size limit (414 beyond).
     pub max_uri_bytes: usize,
 }
 
 impl Limits {
+    /// See the type.
     pub fn from_settings(s: &ServerSettings) -> Limits {
         let c: &ConnLimits = &s.conn;
         let max_connections = c.max_connections.clamp(1, MAX_SLOTS);
@@ -341,7 +347,10 @@ where
     match tokio::time::timeout(timeout, AssertUnwindSafe(handler).catch_unwind()).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(_)) => {
-            tracing::error!(request_id = id.as_str(), "request handler panicked; answered 500");
+            tracing::error!(
+                request_id = id.as_str(),
+                "request handler panicked; answered 500"
+            );
             fallback_response(&GatewayError::Internal, id)
         }
         Err(_) => {
@@ -499,7 +508,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stuck_handler_is_cut_by_the_backstop() {
-        let resp = guarded(std::future::pending(), Duration::from_secs(3), &RequestId::new()).await;
+        let resp = guarded(
+            std::future::pending(),
+            Duration::from_secs(3),
+            &RequestId::new(),
+        )
+        .await;
         assert_eq!(resp.status(), 504);
         assert_eq!(code(&resp), "upstream_timeout");
     }

@@ -97,9 +97,10 @@ impl Breaker {
         }
         let now = Instant::now();
         let (block, transition) = match failure {
-            UpstreamFailure::RateLimited { retry_after } => {
-                (Some((now + *retry_after, failure.clone())), Transition::Unchanged)
-            }
+            UpstreamFailure::RateLimited { retry_after } => (
+                Some((now + *retry_after, failure.clone())),
+                Transition::Unchanged,
+            ),
             UpstreamFailure::Unauthorized(_) => (
                 Some((now + NEGATIVE_CACHE, failure.clone())),
                 Transition::Unchanged,

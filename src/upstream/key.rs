@@ -65,7 +65,9 @@ impl UpstreamKey {
 /// One configured account: a name and its Gcore key.
 #[derive(Debug)]
 pub struct Account {
+    /// The name (config, metric labels, logs).
     pub name: Arc<str>,
+    /// The Gcore key.
     pub key: UpstreamKey,
     /// When the Gcore key expires, if the operator said (`accounts.expires`).
     pub expires: Option<SystemTime>,

@@ -32,26 +32,45 @@ mod settings;
 /// Why an upstream fetch failed. Carries no upstream bytes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UpstreamFailure {
+    /// Connect error.
     #[error("connect error")]
     Connect,
+    /// Timed out.
     #[error("timed out")]
     Timeout,
+    /// Upstream answered status ….
     #[error("upstream answered status {0}")]
     Status(u16),
+    /// Upstream rejected our API key (status …).
     #[error("upstream rejected our API key (status {0})")]
     Unauthorized(u16),
+    /// Upstream rate-limited us.
     #[error("upstream rate-limited us")]
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// Upstream body larger than upstream.max_body.
     #[error("upstream body larger than upstream.max_body")]
     TooLarge,
+    /// Upstream body could not be read.
     #[error("upstream body could not be read")]
     Body,
+    /// Upstream body is not valid JSON.
     #[error("upstream body is not valid JSON")]
     InvalidBody,
+    /// Upstream call budget exhausted.
     #[error("upstream call budget exhausted")]
-    BudgetExhausted { retry_after: Duration },
+    BudgetExhausted {
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// Upstream calls paused (circuit open or upstream asked us to wait).
     #[error("upstream calls paused (circuit open or upstream asked us to wait)")]
-    Paused { retry_after: Duration },
+    Paused {
+        /// When to try again.
+        retry_after: Duration,
+    },
 }
 
 impl UpstreamFailure {

@@ -10,11 +10,17 @@ use crate::units::Rate;
 pub struct UpstreamSettings {
     /// Scheme, host and port (and optional path prefix), without a trailing slash.
     pub base_url: String,
+    /// Whether an `http://` base URL is allowed.
     pub allow_insecure_http: bool,
+    /// Timeout of one call.
     pub timeout: Duration,
+    /// TCP+TLS connect timeout.
     pub connect_timeout: Duration,
+    /// Retries after the first attempt (502/503/504, connect errors).
     pub retries: u32,
+    /// Largest upstream body accepted.
     pub max_body: usize,
+    /// Sustained rate, when limited.
     pub rate: Option<Rate>,
     /// Consecutive failed fetches of one account that open its circuit; 0 disables.
     pub breaker_failures: u32,

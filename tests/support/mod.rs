@@ -1,6 +1,6 @@
 //! Shared test setup: a fake Gcore upstream (a real axum server on 127.0.0.1:0 that records
 //! every request) and the real gateway (`gcore_gateway::run`) on ephemeral ports.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
