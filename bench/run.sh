@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The gateway's load benchmark (issue 7): gcore-gateway against nginx (1 and 2 workers) and
+# The gateway's load benchmark: gcore-gateway against nginx (1 and 2 workers) and
 # Varnish configured as the equivalent caching proxy, and against a bare hyper server (the
 # limit of this stack), all in front of one fake Gcore upstream, on loopback, in one run.
 #

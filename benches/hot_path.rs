@@ -1,4 +1,4 @@
-//! Micro-benchmarks of the cache-hit path (issue 7), piece by piece and whole.
+//! Micro-benchmarks of the cache-hit path, piece by piece and whole.
 //!
 //! | group | measures |
 //! |---|---|

@@ -1,4 +1,4 @@
-//! Benchmarks of the redaction stage (issue 3).
+//! Benchmarks of the redaction stage.
 //!
 //! | group | measures |
 //! |---|---|
