@@ -1,11 +1,9 @@
-//! Issue 5: stale-while-revalidate, stale-if-error, retries, circuit breaker, hot reload,
+//! Stale-while-revalidate, stale-if-error, retries, circuit breaker, hot reload,
 //! graceful shutdown.
-
-mod support;
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const ME: &str = "/iam/clients/me";
 

@@ -1,7 +1,5 @@
 //! The binary as a subprocess: hash-key, gen-key, check, serve start-up errors, demo.
 
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -60,7 +58,7 @@ fn hash_key_from_stdin_without_warning_for_long_keys() {
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        support::hash("a-long-enough-team-key")
+        crate::support::hash("a-long-enough-team-key")
     );
     assert!(out.stderr.is_empty());
 }
@@ -80,7 +78,7 @@ fn gen_key_prints_a_key_and_its_hash() {
         .unwrap()
         .trim();
     assert!(key.len() >= 43, "at least 32 bytes of entropy, base64url");
-    assert_eq!(hash, support::hash(key));
+    assert_eq!(hash, crate::support::hash(key));
     let (_, out2, _) = run(&["gen-key"], &[]);
     assert_ne!(out, out2);
 }
@@ -278,7 +276,7 @@ async fn demo_shows_a_miss_then_a_hit() {
         .unwrap();
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/iam/clients/me");
-    support::wait_ready(&http, port + 1).await;
+    crate::support::wait_ready(&http, port + 1).await;
     let get = || {
         http.get(&url)
             .header("authorization", "APIKey demo-platform-key")
@@ -309,19 +307,19 @@ async fn demo_shows_a_miss_then_a_hit() {
 
 #[tokio::test]
 async fn serve_is_the_default_subcommand_and_sigint_drains() {
-    let up = support::FakeUpstream::start().await;
-    let (text, _, admin) = support::on_free_ports(&support::config(&up.url(), ""));
+    let up = crate::support::FakeUpstream::start().await;
+    let (text, _, admin) = crate::support::on_free_ports(&crate::support::config(&up.url(), ""));
     let p = temp_config("default.toml", &text);
     let mut child = tokio::process::Command::new(BIN)
         .args(["--config", p.to_str().unwrap()])
-        .envs(support::secrets())
+        .envs(crate::support::secrets())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let http = reqwest::Client::new();
-    support::wait_ready(&http, admin).await;
+    crate::support::wait_ready(&http, admin).await;
     std::process::Command::new("kill")
         .args(["-INT", &child.id().unwrap().to_string()])
         .status()

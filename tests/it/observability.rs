@@ -1,10 +1,8 @@
-//! Issue 6: metrics, admin routes, admin token, and no secret anywhere (trace logs included).
-
-mod support;
+//! Metrics, admin routes, admin token, and no secret anywhere (trace logs included).
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const ME: &str = "/iam/clients/me";
 

@@ -1,9 +1,7 @@
-//! Issue 8: property tests for the parsers that see caller or operator bytes first: path
+//! Property tests for the parsers that see caller or operator bytes first: path
 //! normalisation (against an independent RFC 3986 reference and an allow-list), query
 //! canonicalisation, credential headers, and config parsing (arbitrary TOML never panics).
 //! Case counts are modest so the suite stays quick on two cores.
-
-mod support;
 
 use std::collections::HashMap;
 
@@ -412,7 +410,7 @@ fn apply(text: &str, edits: &[Edit]) -> String {
 }
 
 fn base_config() -> String {
-    support::config(
+    crate::support::config(
         "http://127.0.0.1:1",
         "[profiles.restricted]\nremove = [\"$.users[*].email\"]\nmask = [\"$.users[*].name\"]\n",
     )
@@ -439,10 +437,10 @@ proptest! {
     ) {
         let text = apply(&base_config(), &edits);
         let _ = Config::parse(&text, "x", &HashMap::new());
-        match Config::parse(&text, "x", &support::secrets()) {
+        match Config::parse(&text, "x", &crate::support::secrets()) {
             Err(e) => {
                 let msg = e.to_string();
-                prop_assert!(!msg.contains(support::SECRET_A) && !msg.contains(support::SECRET_B));
+                prop_assert!(!msg.contains(crate::support::SECRET_A) && !msg.contains(crate::support::SECRET_B));
             }
             Ok(c) => {
                 let limits = gcore_gateway::server::Limits::from_settings(&c.server);
@@ -455,5 +453,5 @@ proptest! {
 
 #[test]
 fn base_config_is_valid() {
-    assert!(Config::parse(&base_config(), "x", &support::secrets()).is_ok());
+    assert!(Config::parse(&base_config(), "x", &crate::support::secrets()).is_ok());
 }

@@ -1,10 +1,8 @@
-//! Issue 2: the core path against a real fake upstream and the real gateway on loopback.
-
-mod support;
+//! The core path against a real fake upstream and the real gateway on loopback.
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const ME: &str = "/iam/clients/me";
 

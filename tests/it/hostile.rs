@@ -1,10 +1,8 @@
-//! Issue 8: hostile and broken input. The real binary on loopback is fed malformed, smuggling
+//! Hostile and broken input. The real binary on loopback is fed malformed, smuggling
 //! and oversized requests over raw TCP (each case's status, the process stays up, its memory
 //! stays bounded, the fake upstream sees nothing) and 200 slowloris connections; in-process
 //! tests pin the connection timers, the in-flight cap, h2c and which headers pass each way
 //! (docs/HEADERS.md).
-
-mod support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -18,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use support::*;
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gcore-gateway");
 const ME: &str = "/iam/clients/me";

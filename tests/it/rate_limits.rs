@@ -1,10 +1,8 @@
-//! Issue 4: per-client GCRA, failed-auth throttle, global upstream budget, upstream 429.
-
-mod support;
+//! Per-client GCRA, failed-auth throttle, global upstream budget, upstream 429.
 
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const ME: &str = "/iam/clients/me";
 

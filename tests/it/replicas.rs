@@ -1,13 +1,11 @@
-//! Issue 9: replicas sharing one cache, one upstream call and one rate limit through a real
+//! Replicas sharing one cache, one upstream call and one rate limit through a real
 //! Redis. Each test starts its own `redis-server` on a free port (never a Redis it did not
 //! start); a missing `redis-server` binary fails loudly (scripts/test.sh installs it).
-
-mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const ME: &str = "/iam/clients/me";
 

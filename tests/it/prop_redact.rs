@@ -1,4 +1,4 @@
-//! Issue 3: property tests of the redaction stage on generated documents and profiles.
+//! Property tests of the redaction stage on generated documents and profiles.
 //!
 //! Documents use a small key alphabet so that generated paths actually hit. Paths are built
 //! from name, bracket-name, wildcard and descendant segments ("content" paths: what they

@@ -1,6 +1,6 @@
 //! Shared test setup: a fake Gcore upstream (a real axum server on 127.0.0.1:0 that records
 //! every request) and the real gateway (`gcore_gateway::run`) on ephemeral ports.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,8 +16,8 @@ use axum::Router;
 use gcore_gateway::config::Config;
 use gcore_gateway::{ConfigSource, Gateway};
 
-pub const CLIENTS_ME: &str = include_str!("../fixtures/clients_me.json");
-pub const KEY_401: &str = include_str!("../fixtures/error_401_bad_permanent_token.json");
+pub const CLIENTS_ME: &str = include_str!("../../fixtures/clients_me.json");
+pub const KEY_401: &str = include_str!("../../fixtures/error_401_bad_permanent_token.json");
 
 /// Upstream secrets of the two test accounts.
 pub const SECRET_A: &str = "1111_upstreamSecretForAccountA";

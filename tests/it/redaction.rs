@@ -1,24 +1,22 @@
-//! Issue 3: redaction profiles, end to end against the fake upstream and the real gateway, the
+//! Redaction profiles, end to end against the fake upstream and the real gateway, the
 //! shipped profiles of `config/gateway.toml` against the example Gcore profile, and `check`.
-
-mod support;
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use gcore_gateway::bench_api::{Entry, Origin};
 use gcore_gateway::config::raw::RawProfile;
 use gcore_gateway::config::Config;
 use gcore_gateway::redact::Profile;
 use serde_json::{json, Value};
-use support::*;
 
 const ME: &str = "/iam/clients/me";
-const SHIPPED: &str = include_str!("../config/gateway.toml");
-const REDACTED: &str = include_str!("fixtures/clients_me.redacted.json");
+const SHIPPED: &str = include_str!("../../config/gateway.toml");
+const REDACTED: &str = include_str!("../fixtures/clients_me.redacted.json");
 
 /// Every string of the example profile that is contact data of a person.
 const CONTACTS: [&str; 7] = [

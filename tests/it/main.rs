@@ -1,0 +1,17 @@
+//! The integration suite, one test crate (one link, one copy of `support`). Each module is one
+//! area of the contract, driven through the real router or the real binary against a fake Gcore
+//! upstream on loopback (`support`).
+#![allow(unreachable_pub, missing_docs)]
+
+mod support;
+
+mod cli;
+mod hostile;
+mod observability;
+mod prop_parsers;
+mod prop_redact;
+mod rate_limits;
+mod redaction;
+mod replicas;
+mod resilience;
+mod serving;
