@@ -18,7 +18,7 @@ use crate::gateway::{AccountState, Gateway, Generation};
 use crate::metrics::{AccountLabel, UpstreamLabels};
 use crate::redis::{Lock, Redis, POLL_EVERY};
 use crate::upstream::breaker::Transition;
-use crate::upstream::UpstreamFailure;
+use crate::upstream::{UpstreamFailure, UpstreamSettings};
 
 impl From<FetchPanicked> for UpstreamFailure {
     fn from(_: FetchPanicked) -> Self {
@@ -34,11 +34,11 @@ const LOCK_MARGIN: Duration = Duration::from_millis(500);
 /// outlives its caller's deadline) plus [`LOCK_MARGIN`].
 pub(crate) fn lock_ttl(generation: &Generation) -> Duration {
     let config = &generation.config;
-    config
-        .upstream
-        .worst_case_fetch()
-        .min(config.server.request_timeout)
-        + LOCK_MARGIN
+    lock_ttl_for(&config.upstream, config.server.request_timeout)
+}
+
+fn lock_ttl_for(upstream: &UpstreamSettings, request_timeout: Duration) -> Duration {
+    upstream.worst_case_fetch().min(request_timeout) + LOCK_MARGIN
 }
 
 /// What one miss needs from its request.
@@ -278,4 +278,47 @@ enum SharedStep {
     Served(Arc<Entry>),
     /// Call the upstream ourselves (holding the lock when `Some`).
     Fetch(Option<String>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(timeout_ms: u64, retries: u32) -> UpstreamSettings {
+        UpstreamSettings {
+            base_url: "http://127.0.0.1:1".into(),
+            allow_insecure_http: true,
+            timeout: Duration::from_millis(timeout_ms),
+            connect_timeout: Duration::from_millis(100),
+            retries,
+            max_body: 1 << 20,
+            rate: None,
+            breaker_failures: 0,
+            breaker_cooldown: Duration::from_secs(1),
+        }
+    }
+
+    /// The lock outlives every attempt and backoff of the holder's fetch (it used to be one
+    /// attempt + 500 ms, so a retrying holder lost its lock to another replica).
+    #[test]
+    fn the_fill_lock_outlives_the_slowest_fetch() {
+        // 3 attempts of 2 s and backoffs of 100 ms + 200 ms.
+        let u = upstream(2_000, 2);
+        assert_eq!(u.worst_case_fetch(), Duration::from_millis(6_300));
+        assert_eq!(
+            lock_ttl_for(&u, Duration::from_secs(30)),
+            Duration::from_millis(6_800)
+        );
+        // A fetch never outlives its caller's deadline: the lock is cut there.
+        assert_eq!(
+            lock_ttl_for(&u, Duration::from_secs(3)),
+            Duration::from_millis(3_500)
+        );
+        // Backoff is capped, counts saturate.
+        let many = upstream(1_000, 10);
+        assert_eq!(
+            many.worst_case_fetch(),
+            Duration::from_millis(11_000 + 100 + 200 + 400 + 800 + 1_600 + 5 * 2_000)
+        );
+    }
 }

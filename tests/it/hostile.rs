@@ -5,9 +5,8 @@
 //! (docs/HEADERS.md).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,107 +17,17 @@ use tokio::time::Instant;
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gcore-gateway");
+use crate::support::binary::{Binary, BIN};
 const ME: &str = "/iam/clients/me";
 
 /// Inserts `lines` into the `[server]` table of a test config (replacing `request_timeout`).
 fn server_settings(text: String, lines: &str) -> String {
-    let text = text.replace("request_timeout = \"3s\"\n", "");
+    let text = text.edit("request_timeout = \"3s\"\n", "");
     text.replacen(
         "[server]\n",
         &format!("[server]\nrequest_timeout = \"10s\"\n{lines}\n"),
         1,
     )
-}
-
-// ---------------------------------------------------------------------------------------------
-// The binary as a subprocess
-// ---------------------------------------------------------------------------------------------
-
-/// A `gcore-gateway serve` child process on an ephemeral port, killed on drop.
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-    config: std::path::PathBuf,
-}
-
-impl Binary {
-    fn start(config_text: &str) -> Binary {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let config = std::env::temp_dir().join(format!(
-            "gcore-gateway-hostile-{}-{}.toml",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::write(&config, config_text).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["serve", "--log-format", "json", "--config"])
-            .arg(&config)
-            .env("TEST_SECRET_A", SECRET_A)
-            .env("TEST_SECRET_B", SECRET_B)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let log = stderr.clone();
-        // Drains stderr for the whole run (a full pipe would stall the gateway).
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "gcore-gateway serving" {
-                        let _ = tx.send(v["listen"].as_str().unwrap_or("").to_string());
-                    }
-                }
-                let mut log = log.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let listen = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!("gateway did not start: {}", stderr.lock().unwrap().as_str())
-            });
-        Binary {
-            child,
-            addr: listen.parse().unwrap(),
-            stderr,
-            config,
-        }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-
-    /// Resident memory in KiB (`VmRSS` from /proc).
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config);
-    }
 }
 
 /// What came back on one raw connection.
@@ -885,7 +794,7 @@ async fn h2c_prior_knowledge_is_served_and_get_bodies_refused() {
 async fn in_flight_cap_answers_503_at_once() {
     let up = FakeUpstream::start().await;
     // max_connections = 2 is also the in-flight cap; one HTTP/2 connection carries all.
-    let text = config(&up.url(), "").replace(
+    let text = config(&up.url(), "").edit(
         "timeout = \"2s\"\nconnect_timeout",
         "timeout = \"8s\"\nconnect_timeout",
     );

@@ -14,4 +14,5 @@ mod rate_limits;
 mod redaction;
 mod replicas;
 mod resilience;
+mod safe_defaults;
 mod serving;

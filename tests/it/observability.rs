@@ -20,10 +20,10 @@ fn sample(text: &str, series: &str) -> f64 {
 async fn metrics_move_with_requests_and_match_the_upstream_count() {
     let up = FakeUpstream::start().await;
     let cfg = config(&up.url(), "")
-        .replace("ttl = \"60s\"", "ttl = \"200ms\"")
-        .replace("stale_if_error = \"0s\"", "stale_if_error = \"1m\"")
-        .replace("retries = 0", "retries = 2")
-        .replace(
+        .edit("ttl = \"60s\"", "ttl = \"200ms\"")
+        .edit("stale_if_error = \"0s\"", "stale_if_error = \"1m\"")
+        .edit("retries = 0", "retries = 2")
+        .edit(
             "name = \"beta\"\nkeys",
             "name = \"beta\"\nrate = \"1/m\"\nburst = 1\nkeys",
         );
@@ -147,7 +147,7 @@ async fn purge_all_and_by_account_and_the_admin_views() {
 async fn admin_token_is_enforced_except_on_health() {
     let up = FakeUpstream::start().await;
     let token = "admin-token-0123456789abcdef";
-    let cfg = config(&up.url(), "").replace(
+    let cfg = config(&up.url(), "").edit(
         "auth_failure_limit = \"off\"",
         &format!(
             "auth_failure_limit = \"off\"\nadmin_token_sha256 = \"{}\"",
@@ -227,9 +227,9 @@ async fn no_secret_anywhere_even_at_trace_level() {
     let up = FakeUpstream::start().await;
     let (text, port, admin) = on_free_ports(&config(&up.url(), ""));
     let text = text
-        .replace("ttl = \"60s\"", "ttl = \"200ms\"")
-        .replace("stale_if_error = \"0s\"", "stale_if_error = \"1m\"")
-        .replace(
+        .edit("ttl = \"60s\"", "ttl = \"200ms\"")
+        .edit("stale_if_error = \"0s\"", "stale_if_error = \"1m\"")
+        .edit(
             "name = \"beta\"\nkeys",
             "name = \"beta\"\nrate = \"1/m\"\nburst = 2\nkeys",
         );

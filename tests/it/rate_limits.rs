@@ -7,7 +7,7 @@ use crate::support::*;
 const ME: &str = "/iam/clients/me";
 
 fn with_rate(up: &FakeUpstream, rate: &str, burst: u32) -> String {
-    config(&up.url(), "").replace(
+    config(&up.url(), "").edit(
         "name = \"alpha\"\nkeys",
         &format!("name = \"alpha\"\nrate = \"{rate}\"\nburst = {burst}\nkeys"),
     )
@@ -94,7 +94,7 @@ async fn get_from(ip: &str, url: &str, key: Option<&str>) -> reqwest::Response {
 #[tokio::test]
 async fn failed_auth_throttle_per_ip_trips_and_recovers() {
     let up = FakeUpstream::start().await;
-    let cfg = config(&up.url(), "").replace(
+    let cfg = config(&up.url(), "").edit(
         "auth_failure_limit = \"off\"",
         "auth_failure_limit = \"3/s\"",
     );
@@ -132,9 +132,9 @@ async fn failed_auth_throttle_per_ip_trips_and_recovers() {
 async fn upstream_budget_exhausted_serves_stale_or_503() {
     let up = FakeUpstream::start().await;
     let cfg = config(&up.url(), "")
-        .replace("retries = 0", "retries = 0\nrate = \"1/m\"")
-        .replace("ttl = \"60s\"", "ttl = \"200ms\"")
-        .replace("stale_if_error = \"0s\"", "stale_if_error = \"1m\"");
+        .edit("retries = 0", "retries = 0\nrate = \"1/m\"")
+        .edit("ttl = \"60s\"", "ttl = \"200ms\"")
+        .edit("stale_if_error = \"0s\"", "stale_if_error = \"1m\"");
     let gw = Harness::start(&cfg).await;
     assert_eq!(header(&gw.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
     // Account B has no copy: 503 with Retry-After.
@@ -154,8 +154,8 @@ async fn upstream_budget_exhausted_serves_stale_or_503() {
 async fn upstream_429_pauses_the_account() {
     let up = FakeUpstream::start().await;
     let cfg = config(&up.url(), "")
-        .replace("ttl = \"60s\"", "ttl = \"200ms\"")
-        .replace("stale_if_error = \"0s\"", "stale_if_error = \"1m\"");
+        .edit("ttl = \"60s\"", "ttl = \"200ms\"")
+        .edit("stale_if_error = \"0s\"", "stale_if_error = \"1m\"");
     let gw = Harness::start(&cfg).await;
     assert_eq!(gw.get(ME, KEY_ALPHA).await.status(), 200);
     up.set_mode(Mode::TooMany(2));

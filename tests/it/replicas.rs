@@ -126,7 +126,7 @@ async fn three_replicas_300_cold_requests_one_upstream_call() {
 async fn a_burst_of_10_holds_across_three_replicas() {
     let redis = Redis::start();
     let up = FakeUpstream::start().await;
-    let cfg = shared_config(&up, &redis, "").replace(
+    let cfg = shared_config(&up, &redis, "").edit(
         "name = \"alpha\"\nkeys",
         "name = \"alpha\"\nrate = \"1/m\"\nburst = 10\nkeys",
     );
@@ -160,7 +160,7 @@ async fn redis_down_callers_still_served_then_shared_again() {
     let mut redis = Redis::start();
     let port = redis.port;
     let up = FakeUpstream::start().await;
-    let cfg = shared_config(&up, &redis, "").replace(
+    let cfg = shared_config(&up, &redis, "").edit(
         "name = \"alpha\"\nkeys",
         "name = \"alpha\"\nrate = \"100/s\"\nkeys",
     );
@@ -222,7 +222,7 @@ async fn a_dead_lock_holder_is_taken_over_after_expiry() {
     let redis = Redis::start();
     let up = FakeUpstream::start().await;
     // Lock TTL = upstream.timeout * (retries + 1) + 1 s, capped by request_timeout (3 s).
-    let cfg = shared_config(&up, &redis, "").replace("timeout = \"2s\"", "timeout = \"500ms\"");
+    let cfg = shared_config(&up, &redis, "").edit("timeout = \"2s\"", "timeout = \"500ms\"");
     let g = Harness::start(&cfg).await;
     wait_redis_up(&[&g]).await;
     // Another replica took the fill lock and died: its lock stays until it expires.
@@ -321,4 +321,92 @@ async fn purge_empties_the_shared_cache_too() {
     assert_eq!(up.calls(), 3, "B still shared");
     g1.stop().await;
     g2.stop().await;
+}
+
+/// Every key of `redis` matching `pattern`, and a connection to change them with.
+fn redis_keys(redis: &Redis, pattern: &str) -> (redis::Connection, Vec<String>) {
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut c).unwrap();
+    (c, keys)
+}
+
+#[tokio::test]
+async fn forged_or_garbage_l2_values_are_a_miss() {
+    let redis = Redis::start();
+    let up = FakeUpstream::start().await;
+    let cfg = shared_config(&up, &redis, "");
+    let g1 = Harness::start(&cfg).await;
+    wait_redis_up(&[&g1]).await;
+    assert_eq!(header(&g1.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
+    assert_eq!(up.calls(), 1);
+    let (mut c, keys) = redis_keys(&redis, "test:c:*");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let future = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 86_400_000;
+    let forged = [
+        "<html>maria.keller@acme-widgets.example</html>".to_string(),
+        format!("v1|{future}|00000000000000000000000000000000|{{\"id\":1}}"),
+        format!("v1|{future}|{}|{{\"id\":1}}", "ab".repeat(32)),
+        String::new(),
+    ];
+    for (i, value) in forged.iter().enumerate() {
+        let _: () = redis::cmd("SET")
+            .arg(&keys[0])
+            .arg(value)
+            .arg("EX")
+            .arg(60)
+            .query(&mut c)
+            .unwrap();
+        // A fresh replica (empty L1) must not trust the value: it fetches again.
+        let g = Harness::start(&cfg).await;
+        wait_redis_up(&[&g]).await;
+        let r = g.get(ME, KEY_ALPHA).await;
+        assert_eq!(r.status(), 200, "{value}");
+        assert_eq!(header(&r, "x-cache"), "MISS", "{value}");
+        assert_eq!(r.text().await.unwrap(), body_for("A", 1));
+        assert_eq!(up.calls(), 2 + i, "{value}");
+        assert!(g.metrics().await.contains("gateway_l2_rejected_total"));
+        g.stop().await;
+    }
+    g1.stop().await;
+}
+
+#[tokio::test]
+async fn absurd_numbers_in_a_shared_limit_never_become_a_500() {
+    let redis = Redis::start();
+    let up = FakeUpstream::start().await;
+    let cfg = shared_config(&up, &redis, "").edit(
+        "name = \"alpha\"\n",
+        "name = \"alpha\"\nrate = \"10/s\"\nburst = 5\n",
+    );
+    let g = Harness::start(&cfg).await;
+    wait_redis_up(&[&g]).await;
+    assert_eq!(g.get(ME, KEY_ALPHA).await.status(), 200);
+    let (mut c, keys) = redis_keys(&redis, "test:r:*");
+    assert!(!keys.is_empty());
+    for value in [
+        "1e308",
+        "-1e308",
+        "inf",
+        "nan",
+        "not a number",
+        "99999999999999999999999",
+    ] {
+        for k in &keys {
+            let _: () = redis::cmd("SET").arg(k).arg(value).query(&mut c).unwrap();
+        }
+        let r = g.get(ME, KEY_ALPHA).await;
+        assert!(
+            r.status() == 200 || r.status() == 429,
+            "{value}: {}",
+            r.status()
+        );
+    }
+    g.stop().await;
 }

@@ -10,10 +10,10 @@ const ME: &str = "/iam/clients/me";
 /// ttl 200 ms, stale-if-error 1 m, retries 2, upstream timeout 300 ms, breaker off.
 fn resilient(up: &FakeUpstream) -> String {
     config(&up.url(), "")
-        .replace("ttl = \"60s\"", "ttl = \"200ms\"")
-        .replace("stale_if_error = \"0s\"", "stale_if_error = \"1m\"")
-        .replace("retries = 0", "retries = 2\ncircuit_breaker_failures = 0")
-        .replace("timeout = \"2s\"", "timeout = \"300ms\"")
+        .edit("ttl = \"60s\"", "ttl = \"200ms\"")
+        .edit("stale_if_error = \"0s\"", "stale_if_error = \"1m\"")
+        .edit("retries = 0", "retries = 2\ncircuit_breaker_failures = 0")
+        .edit("timeout = \"2s\"", "timeout = \"300ms\"")
 }
 
 async fn code_of(r: reqwest::Response) -> (u16, String) {
@@ -178,7 +178,7 @@ async fn connect_refused_cold_and_primed() {
         .local_addr()
         .unwrap();
     gw.gw
-        .set_embedded_text(cfg.replace(&up.url(), &format!("http://{dead}")));
+        .set_embedded_text(cfg.edit(&up.url(), &format!("http://{dead}")));
     assert_eq!(gw.reload().await.status(), 200);
     tokio::time::sleep(Duration::from_millis(250)).await;
     let r = gw.get(ME, KEY_ALPHA).await;
@@ -222,7 +222,7 @@ async fn recovery_to_fresh_data_after_the_upstream_heals() {
 #[tokio::test]
 async fn stale_while_revalidate_makes_one_background_call() {
     let up = FakeUpstream::start().await;
-    let cfg = resilient(&up).replace(
+    let cfg = resilient(&up).edit(
         "stale_while_revalidate = \"0s\"",
         "stale_while_revalidate = \"30s\"",
     );
@@ -251,7 +251,7 @@ async fn stale_while_revalidate_makes_one_background_call() {
 #[tokio::test]
 async fn circuit_breaker_opens_and_half_opens() {
     let up = FakeUpstream::start().await;
-    let cfg = config(&up.url(), "").replace(
+    let cfg = config(&up.url(), "").edit(
         "retries = 0",
         "retries = 0\ncircuit_breaker_failures = 3\ncircuit_breaker_cooldown = \"500ms\"",
     );
@@ -323,7 +323,7 @@ async fn reload_adds_a_client_keeps_the_cache_and_rejects_broken_configs() {
     assert_eq!(up.calls(), 1);
     // A broken config is refused with the reason; the old one keeps serving.
     gw.gw
-        .set_embedded_text(added.replace("ttl = \"60s\"", "ttl = \"often\""));
+        .set_embedded_text(added.edit("ttl = \"60s\"", "ttl = \"often\""));
     let r = gw.reload().await;
     assert_eq!(r.status(), 400);
     let body = r.text().await.unwrap();
@@ -332,7 +332,7 @@ async fn reload_adds_a_client_keeps_the_cache_and_rejects_broken_configs() {
     // Changing an account's key drops its entries (and only its).
     gw.gw.set_embedded_text(added.clone());
     let _ = gw.get(ME, KEY_BETA).await;
-    let mut env_changed = added.replace("TEST_SECRET_A", "TEST_SECRET_B");
+    let mut env_changed = added.edit("TEST_SECRET_A", "TEST_SECRET_B");
     env_changed.push('\n');
     gw.gw.set_embedded_text(env_changed);
     assert_eq!(gw.reload().await.status(), 200);
@@ -446,7 +446,7 @@ async fn binary_sighup_reloads_and_sigterm_drains_a_slow_request() {
 #[tokio::test]
 async fn a_probe_refused_by_the_budget_does_not_wedge_the_breaker() {
     let up = FakeUpstream::start().await;
-    let cfg = config(&up.url(), "").replace(
+    let cfg = config(&up.url(), "").edit(
         "retries = 0",
         "retries = 0\nrate = \"1/s\"\ncircuit_breaker_failures = 1\ncircuit_breaker_cooldown = \"200ms\"",
     );

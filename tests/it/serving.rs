@@ -79,7 +79,7 @@ async fn hit_after_miss_with_cache_headers() {
 #[tokio::test]
 async fn a_new_upstream_call_after_the_ttl() {
     let up = FakeUpstream::start().await;
-    let cfg = config(&up.url(), "").replace("ttl = \"60s\"", "ttl = \"300ms\"");
+    let cfg = config(&up.url(), "").edit("ttl = \"60s\"", "ttl = \"300ms\"");
     let gw = Harness::start(&cfg).await;
     assert_eq!(header(&gw.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
     assert_eq!(header(&gw.get(ME, KEY_ALPHA).await, "x-cache"), "HIT");
@@ -378,7 +378,7 @@ async fn admin_routes_live_only_on_the_admin_port() {
 #[tokio::test]
 async fn queries_are_ignored_unless_the_route_forwards_them() {
     let up = FakeUpstream::start().await;
-    let cfg = config(&up.url(), "").replace(
+    let cfg = config(&up.url(), "").edit(
         "path = \"/iam/users/me\"",
         "path = \"/iam/users/me\"\nforward_query = true",
     );
@@ -421,7 +421,7 @@ async fn queries_are_ignored_unless_the_route_forwards_them() {
 #[tokio::test]
 async fn age_and_max_age_count_the_seconds() {
     let up = FakeUpstream::start().await;
-    let cfg = config(&up.url(), "").replace("ttl = \"60s\"", "ttl = \"5s\"");
+    let cfg = config(&up.url(), "").edit("ttl = \"60s\"", "ttl = \"5s\"");
     let gw = Harness::start(&cfg).await;
     // RFC 9111 §4.2: max-age is the TTL, Age the seconds since the fetch; a client's time
     // left fresh is max-age − Age (the age is never counted twice).
@@ -439,7 +439,7 @@ async fn age_and_max_age_count_the_seconds() {
 #[tokio::test]
 async fn rate_limit_headers_on_every_answer_to_a_limited_client() {
     let up = FakeUpstream::start().await;
-    let cfg = config(&up.url(), "").replace(
+    let cfg = config(&up.url(), "").edit(
         "name = \"gamma\"\nkeys",
         "name = \"gamma\"\nrate = \"10/s\"\nkeys",
     );

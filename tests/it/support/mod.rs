@@ -2,6 +2,8 @@
 //! every request) and the real gateway (`gcore_gateway::run`) on ephemeral ports.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -53,6 +55,8 @@ pub enum Mode {
     Oversize(usize),
     /// Close the connection after sending half the body.
     DropMidBody,
+    /// 200 `application/json` with exactly these bytes (malformed JSON, huge numbers...).
+    Raw(&'static [u8]),
 }
 
 pub struct FakeUpstream {
@@ -166,6 +170,12 @@ async fn handle(State(up): State<Arc<FakeUpstream>>, req: Request) -> Response {
             echo,
         )
             .into_response(),
+        Mode::Raw(bytes) => (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            bytes::Bytes::from_static(bytes),
+        )
+            .into_response(),
         Mode::NotJson => (
             StatusCode::OK,
             "<html>maria.keller@acme-widgets.example</html>",
@@ -208,6 +218,23 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
 ) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Edits a test config by text, failing loudly when the text to replace is not there (a plain
+/// `str::replace` would silently leave the config unchanged and the test testing nothing).
+pub trait Edit {
+    /// `self` with every `from` replaced by `to`; panics if `from` does not occur.
+    fn edit(&self, from: &str, to: &str) -> String;
+}
+
+impl Edit for str {
+    fn edit(&self, from: &str, to: &str) -> String {
+        assert!(
+            self.contains(from),
+            "test config edit: {from:?} is not in the config"
+        );
+        self.replace(from, to)
+    }
 }
 
 /// A test config: accounts A and B, clients alpha (A, two keys), beta (B), gamma (A, no
@@ -435,11 +462,11 @@ pub fn free_port() -> u16 {
 pub fn on_free_ports(text: &str) -> (String, u16, u16) {
     let (port, admin) = (free_port(), free_port());
     let text = text
-        .replace(
+        .edit(
             "admin_listen = \"127.0.0.1:0\"",
             &format!("admin_listen = \"127.0.0.1:{admin}\""),
         )
-        .replace(
+        .edit(
             "\nlisten = \"127.0.0.1:0\"",
             &format!("\nlisten = \"127.0.0.1:{port}\""),
         );
