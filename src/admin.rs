@@ -111,24 +111,31 @@ async fn purge(State(gw): State<Arc<Gateway>>, Query(q): Query<PurgeQuery>) -> R
     gw.cache.purge(q.account.as_deref());
     gw.cache.sync().await;
     let purged = before.saturating_sub(gw.cache.entry_count());
-    // The shared L2 too, or the next miss would refill from it. Other replicas' L1 copies
-    // age out with their TTL (purge each replica for an immediate effect everywhere).
-    let redis_purged = match &gw.redis {
-        Some(redis) => match redis
-            .purge(state.as_ref().map(|s| s.account.tag.as_str()))
-            .await
-        {
-            Some(n) => json!(n),
-            None => json!("redis unavailable"),
-        },
-        None => serde_json::Value::Null,
+    // The shared L2 too, or the next miss would refill from it; then every other replica
+    // drops its own copies (announced through Redis).
+    let (redis_purged, replicas) = match &gw.redis {
+        Some(redis) => {
+            let l2 = redis
+                .purge(state.as_ref().map(|s| s.account.tag.as_str()))
+                .await;
+            let announced = redis.announce_purge(q.account.as_deref()).await;
+            (
+                l2.map_or(json!("redis unavailable"), |n| json!(n)),
+                json!(if announced.is_some() {
+                    "notified"
+                } else {
+                    "redis unavailable: other replicas keep their copies until their TTL"
+                }),
+            )
+        }
+        None => (serde_json::Value::Null, serde_json::Value::Null),
     };
     tracing::info!(
         account = q.account.as_deref().unwrap_or("*"),
         purged,
         "cache purged"
     );
-    Json(json!({"purged": purged, "account": q.account, "redis_purged": redis_purged}))
+    Json(json!({"purged": purged, "account": q.account, "redis_purged": redis_purged, "replicas": replicas}))
         .into_response()
 }
 

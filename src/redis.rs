@@ -34,6 +34,22 @@ end
 return 0
 "#;
 
+/// Bumps the purge generation and tells every replica: `KEYS[1]` the generation, `KEYS[2]` the
+/// channel, `ARGV[1]` who purged, `ARGV[2]` the scope (`*` or an account name).
+const ANNOUNCE_PURGE: &str = r#"
+local g = redis.call("INCR", KEYS[1])
+redis.call("PUBLISH", KEYS[2], g .. " " .. ARGV[1] .. " " .. ARGV[2])
+return g
+"#;
+
+/// The longest pause a value read back from Redis may impose (a corrupt or forged TTL never
+/// stops an account for longer).
+const MAX_SHARED_PAUSE: Duration = Duration::from_secs(3600);
+
+/// How often a replica compares the purge generation with the one it last saw (catches a
+/// purge published while its subscription was down), and how soon it resubscribes.
+const PURGE_CHECK_EVERY: Duration = Duration::from_millis(500);
+
 /// Outcome of asking for the cross-replica fill lock.
 #[derive(Debug)]
 pub(crate) enum Lock {
@@ -56,6 +72,13 @@ pub struct Redis {
     retry_at_ms: AtomicU64,
     epoch: tokio::time::Instant,
     unlock: redis::Script,
+    announce: redis::Script,
+    /// For the purge subscription (its own connection).
+    client: redis::Client,
+    /// This process, in purge announcements (it skips its own).
+    replica_id: String,
+    /// The purge generation this replica has applied (`u64::MAX`: not read yet).
+    purge_seen: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -84,6 +107,10 @@ impl Redis {
             retry_at_ms: AtomicU64::new(0),
             epoch: tokio::time::Instant::now(),
             unlock: redis::Script::new(UNLOCK),
+            announce: redis::Script::new(ANNOUNCE_PURGE),
+            client: client.clone(),
+            replica_id: format!("{:016x}", rand::random::<u64>()),
+            purge_seen: AtomicU64::new(u64::MAX),
             metrics,
         });
         shared.metrics.redis_up.set(0);
@@ -128,9 +155,9 @@ impl Redis {
         self.up.load(Ordering::Acquire)
     }
 
-    fn conn(&self) -> Option<ConnectionManager> {
+    fn conn(&self, patient: bool) -> Option<ConnectionManager> {
         let now = self.epoch.elapsed().as_millis() as u64;
-        if now < self.retry_at_ms.load(Ordering::Acquire) {
+        if !patient && now < self.retry_at_ms.load(Ordering::Acquire) {
             return None;
         }
         let conns = self.conns.load();
@@ -160,6 +187,7 @@ impl Redis {
     }
 
     /// Runs one Redis operation with the timeout; `None` (and a fallback count) on any failure.
+    /// While Redis is marked down it is not asked at all (the request path fails fast).
     pub(crate) async fn call<T, F>(
         &self,
         op: &'static str,
@@ -168,7 +196,37 @@ impl Redis {
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        let result = match self.conn() {
+        self.call_with(op, false, f).await
+    }
+
+    /// For rare operations an operator waits for (purges): asks Redis even while it is marked
+    /// down, and once more after a short pause if the first try fails (a connection broken by
+    /// a Redis restart is re-established in between).
+    async fn call_patiently<T, F>(
+        &self,
+        op: &'static str,
+        f: impl Fn(ConnectionManager) -> F,
+    ) -> Option<T>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if let Some(v) = self.call_with(op, true, &f).await {
+            return Some(v);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        self.call_with(op, true, &f).await
+    }
+
+    async fn call_with<T, F>(
+        &self,
+        op: &'static str,
+        patient: bool,
+        f: impl FnOnce(ConnectionManager) -> F,
+    ) -> Option<T>
+    where
+        F: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let result = match self.conn(patient) {
             None => None,
             Some(conn) => match tokio::time::timeout(self.timeout, f(conn)).await {
                 Ok(Ok(v)) => {
@@ -248,23 +306,26 @@ impl Redis {
         // Bounded: a SCAN over the keyspace ends when the cursor returns to 0; the cap only
         // guards against a server that never does.
         for _ in 0..100_000 {
-            let p = pattern.clone();
             let (next, keys): (u64, Vec<String>) = self
-                .call("purge", |mut c| async move {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(p)
-                        .arg("COUNT")
-                        .arg(500)
-                        .query_async(&mut c)
-                        .await
+                .call_patiently("purge", |mut c| {
+                    let p = pattern.clone();
+                    async move {
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(p)
+                            .arg("COUNT")
+                            .arg(500)
+                            .query_async(&mut c)
+                            .await
+                    }
                 })
                 .await?;
             if !keys.is_empty() {
                 let n: u64 = self
-                    .call("purge", |mut c| async move {
-                        redis::cmd("UNLINK").arg(keys).query_async(&mut c).await
+                    .call_patiently("purge", |mut c| {
+                        let keys = keys.clone();
+                        async move { redis::cmd("UNLINK").arg(keys).query_async(&mut c).await }
                     })
                     .await?;
                 removed += n;
@@ -275,6 +336,163 @@ impl Redis {
             }
         }
         Some(removed)
+    }
+
+    /// Tells every replica to drop its local copies (all, or one account's): bumps the purge
+    /// generation and publishes it. `None` if Redis was unavailable.
+    pub(crate) async fn announce_purge(&self, account: Option<&str>) -> Option<u64> {
+        let (gen_key, channel) = self.purge_names();
+        let scope = account.unwrap_or("*");
+        let g: u64 = self
+            .call_patiently("purge_announce", |mut c| {
+                let script = self.announce.clone();
+                let (gen_key, channel) = (gen_key.clone(), channel.clone());
+                let (me, scope) = (self.replica_id.clone(), scope.to_string());
+                async move {
+                    script
+                        .key(gen_key)
+                        .key(channel)
+                        .arg(me)
+                        .arg(scope)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        self.purge_seen.store(g, Ordering::Release);
+        Some(g)
+    }
+
+    fn purge_names(&self) -> (String, String) {
+        (
+            format!("{}purge:gen", self.prefix),
+            format!("{}purge", self.prefix),
+        )
+    }
+
+    /// Applies other replicas' purges to this one, for as long as `self` lives: `on_purge`
+    /// gets `None` (everything) or an account name. Announcements arrive by pub/sub; the
+    /// generation is also compared every [`PURGE_CHECK_EVERY`], so a purge published while
+    /// this replica was cut off (or a Redis restart, which loses the generation) empties
+    /// everything here as soon as Redis answers again.
+    pub(crate) fn watch_purges(
+        self: &Arc<Self>,
+        on_purge: impl Fn(Option<&str>) + Send + Sync + 'static,
+    ) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(redis) = weak.upgrade() else { return };
+                let client = redis.client.clone();
+                let channel = redis.purge_names().1;
+                drop(redis);
+                let subscribed = async {
+                    let mut ps = client.get_async_pubsub().await.ok()?;
+                    ps.subscribe(&channel).await.ok()?;
+                    Some(ps)
+                };
+                let ps = tokio::time::timeout(Duration::from_secs(2), subscribed)
+                    .await
+                    .ok()
+                    .flatten();
+                if let Some(ps) = ps {
+                    if !Self::follow(&weak, ps, &on_purge).await {
+                        return;
+                    }
+                }
+                tokio::time::sleep(PURGE_CHECK_EVERY).await;
+            }
+        });
+    }
+
+    /// Follows one subscription until it breaks (`true`) or the gateway is gone (`false`).
+    async fn follow(
+        weak: &std::sync::Weak<Self>,
+        ps: redis::aio::PubSub,
+        on_purge: &(impl Fn(Option<&str>) + Send + Sync),
+    ) -> bool {
+        use futures_util::StreamExt;
+        let mut messages = ps.into_on_message();
+        let mut check = tokio::time::interval(PURGE_CHECK_EVERY);
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else { return true };
+                    let Some(redis) = weak.upgrade() else { return false };
+                    let payload: String = msg.get_payload().unwrap_or_default();
+                    let mut parts = payload.splitn(3, ' ');
+                    let (Some(g), Some(from), Some(scope)) = (
+                        parts.next().and_then(|g| g.parse::<u64>().ok()),
+                        parts.next(),
+                        parts.next(),
+                    ) else {
+                        continue;
+                    };
+                    redis.purge_seen.store(g, Ordering::Release);
+                    if from != redis.replica_id {
+                        let account = (scope != "*").then_some(scope);
+                        tracing::info!(account = account.unwrap_or("*"), "cache purged by another replica");
+                        on_purge(account);
+                    }
+                }
+                _ = check.tick() => {
+                    let Some(redis) = weak.upgrade() else { return false };
+                    redis.catch_up_purges(on_purge).await;
+                }
+            }
+        }
+    }
+
+    /// Compares the purge generation with the last one applied; a difference means purges
+    /// were missed: everything local is dropped.
+    async fn catch_up_purges(&self, on_purge: &(impl Fn(Option<&str>) + Send + Sync)) {
+        let gen_key = self.purge_names().0;
+        let Some(g) = self
+            .call("purge_check", |mut c| async move {
+                redis::cmd("GET")
+                    .arg(gen_key)
+                    .query_async::<Option<u64>>(&mut c)
+                    .await
+            })
+            .await
+        else {
+            return;
+        };
+        let g = g.unwrap_or(0);
+        let seen = self.purge_seen.swap(g, Ordering::AcqRel);
+        if seen != u64::MAX && seen != g {
+            tracing::info!("purges were missed while Redis was unreachable; cache purged");
+            on_purge(None);
+        }
+    }
+
+    /// Pauses `account_tag` on every replica for `pause` (Gcore answered 429).
+    pub(crate) async fn pause(&self, account_tag: &str, pause: Duration) {
+        let k = format!("{}p:{account_tag}", self.prefix);
+        let px = pause.min(MAX_SHARED_PAUSE).as_millis().max(1) as u64;
+        let _: Option<()> = self
+            .call("pause", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(k)
+                    .arg(1)
+                    .arg("PX")
+                    .arg(px)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+    }
+
+    /// How long `account_tag` is still paused by any replica (`None`: it is not, or Redis is
+    /// unavailable). The time left comes from the Redis server's clock.
+    pub(crate) async fn paused_for(&self, account_tag: &str) -> Option<Duration> {
+        let k = format!("{}p:{account_tag}", self.prefix);
+        let ms: i64 = self
+            .call("pause_check", |mut c| async move {
+                redis::cmd("PTTL").arg(k).query_async(&mut c).await
+            })
+            .await?;
+        (ms > 0).then(|| Duration::from_millis(ms as u64).min(MAX_SHARED_PAUSE))
     }
 
     /// Tries to take the fill lock for `key` for `ttl`.

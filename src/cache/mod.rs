@@ -31,17 +31,32 @@ use flight::Flights;
 /// How an answer was produced (the `X-Cache` header and the metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CacheStatus {
+    /// From this replica's cache.
     Hit,
+    /// A copy another replica fetched, read from the shared cache: no upstream call was made,
+    /// so it is a `HIT` to the caller; metrics and the access log say `HIT_SHARED` so the
+    /// shared hit ratio is visible.
+    SharedHit,
+    /// The request waited for an upstream call (its own or a coalesced one).
     Miss,
     Stale,
 }
 
 impl CacheStatus {
+    /// The `X-Cache` header value.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            CacheStatus::Hit => "HIT",
+            CacheStatus::Hit | CacheStatus::SharedHit => "HIT",
             CacheStatus::Miss => "MISS",
             CacheStatus::Stale => "STALE",
+        }
+    }
+
+    /// The metric label and access-log value.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            CacheStatus::SharedHit => "HIT_SHARED",
+            s => s.as_str(),
         }
     }
 }

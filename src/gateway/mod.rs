@@ -114,7 +114,7 @@ impl Gateway {
             None => None,
         };
         let generation = Generation::build(config, None, &clock, &metrics)?;
-        Ok(Arc::new(Gateway {
+        let gw = Arc::new(Gateway {
             generation: ArcSwap::from_pointee(generation),
             cache,
             metrics,
@@ -123,7 +123,17 @@ impl Gateway {
             ready: AtomicBool::new(false),
             source: Mutex::new(source),
             reload_lock: tokio::sync::Mutex::new(()),
-        }))
+        });
+        if let Some(redis) = &gw.redis {
+            // Other replicas' purges empty this replica's copies too.
+            let weak = Arc::downgrade(&gw);
+            redis.watch_purges(move |account| {
+                if let Some(gw) = weak.upgrade() {
+                    gw.cache.purge(account);
+                }
+            });
+        }
+        Ok(gw)
     }
 
     /// The generation requests start with now.
@@ -214,6 +224,10 @@ impl Gateway {
         for a in &old.config.accounts {
             if !new.config.accounts.iter().any(|n| n.same_upstream(a)) {
                 self.cache.purge(Some(&a.name));
+                // The other replicas' copies of an account whose key changed go too.
+                if let Some(redis) = &self.redis {
+                    redis.announce_purge(Some(&a.name)).await;
+                }
             }
         }
         Ok(())

@@ -18,7 +18,7 @@ use crate::gateway::{AccountState, Gateway, Generation};
 use crate::metrics::{AccountLabel, UpstreamLabels};
 use crate::redis::{Lock, Redis, POLL_EVERY};
 use crate::upstream::breaker::Transition;
-use crate::upstream::{UpstreamFailure, UpstreamSettings};
+use crate::upstream::{Admission, UpstreamFailure, UpstreamSettings};
 
 impl From<FetchPanicked> for UpstreamFailure {
     fn from(_: FetchPanicked) -> Self {
@@ -175,7 +175,20 @@ impl Miss {
             route: self.route.path.clone(),
             outcome,
         };
-        if let Err(f) = account.breaker.gate() {
+        let redis = self.gw.redis.as_deref();
+        let up = &self.generation.config.upstream;
+        let mut gate = account.breaker.gate();
+        if let (Ok(()), Some(redis)) = (&gate, redis) {
+            // Another replica may have been told to stop (429): that pause holds here too.
+            if let Some(left) = redis.paused_for(&account.account.tag).await {
+                let pause = UpstreamFailure::RateLimited { retry_after: left };
+                account
+                    .breaker
+                    .on_failure(&pause, up.breaker_failures, up.breaker_cooldown);
+                gate = account.breaker.gate();
+            }
+        }
+        if let Err(f) = gate {
             // Not a call: the account is paused, negatively cached or its circuit is open.
             metrics
                 .upstream_requests
@@ -183,9 +196,13 @@ impl Miss {
                 .inc();
             return Err(f);
         }
-        let admit = || match &self.generation.budget {
-            Some(b) => b.admit(),
-            None => Ok(()),
+        let admit = || -> Admission<'_> {
+            Box::pin(async move {
+                match &self.generation.budget {
+                    Some(b) => b.admit_shared(redis).await,
+                    None => Ok(()),
+                }
+            })
         };
         let duration = metrics
             .upstream_duration
@@ -248,7 +265,10 @@ impl Miss {
                         "upstream rejected the account's API key: check the key configured for this account"
                     );
                 }
-                let up = &self.generation.config.upstream;
+                if let (UpstreamFailure::RateLimited { retry_after }, Some(redis)) = (&f, redis) {
+                    // Gcore told us to stop: every replica stops.
+                    redis.pause(&account.account.tag, *retry_after).await;
+                }
                 let t = account
                     .breaker
                     .on_failure(&f, up.breaker_failures, up.breaker_cooldown);

@@ -189,6 +189,8 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
                 .await
                 .unwrap_or(Err(UpstreamFailure::Timeout));
             match (result, stale) {
+                // Another replica's fetch, read from Redis: no upstream call was waited for.
+                (Ok(e), _) if e.origin == Origin::Replica => (e, CacheStatus::SharedHit),
                 (Ok(e), _) => (e, CacheStatus::Miss),
                 (Err(_), Some(e)) => {
                     ctx.gw
@@ -209,7 +211,7 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
                 ctx.upstream = Some(took);
             }
         }
-        CacheStatus::Hit => {
+        CacheStatus::Hit | CacheStatus::SharedHit => {
             state.usage.hits.fetch_add(1, Ordering::Relaxed);
         }
         CacheStatus::Stale => {}
@@ -272,7 +274,7 @@ fn record<B>(
 ) {
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
-    let cache = ctx.cache.map_or("NONE", CacheStatus::as_str);
+    let cache = ctx.cache.map_or("NONE", CacheStatus::label);
     let config = &ctx.generation.config;
     let client = ctx.client.map(|i| &config.clients[i].name);
     let route = ctx.route.map(|i| &config.routes[i].path);

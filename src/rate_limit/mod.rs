@@ -44,6 +44,9 @@ impl Clock for TokioClock {
 }
 
 /// The quota for `rate` with `burst` cells of capacity.
+/// The shared limiter name of the upstream budget (a space: no client can be named so).
+const SHARED_BUDGET: &str = "upstream budget";
+
 pub(crate) fn quota(rate: Rate, burst: u32) -> Quota {
     let burst = NonZeroU32::new(burst).unwrap_or(rate.count);
     Quota::with_period(rate.interval().max(Duration::from_nanos(1)))
@@ -266,7 +269,20 @@ impl UpstreamBudget {
         }
     }
 
-    /// Takes one call from the budget, or says how long until one is available.
+    /// Takes one call from the budget, or says how long until one is available. With Redis
+    /// the budget is one for all replicas (the shared GCRA); without it, or while Redis is
+    /// unavailable, this replica's own.
+    pub(crate) async fn admit_shared(&self, redis: Option<&Redis>) -> Result<(), Duration> {
+        if let Some(redis) = redis {
+            let burst = self.rate.count.get();
+            if let Some(d) = distributed::check(redis, SHARED_BUDGET, self.rate, burst).await {
+                return d.map(drop).map_err(|(_, retry_after)| retry_after);
+            }
+        }
+        self.admit()
+    }
+
+    /// Takes one call from this replica's budget, or says how long until one is available.
     pub(crate) fn admit(&self) -> Result<(), Duration> {
         self.limiter
             .check()

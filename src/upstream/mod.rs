@@ -156,13 +156,13 @@ impl Upstream {
     /// Fetches `path?query` for `account`, retrying connect errors and 502/503/504 with
     /// exponential backoff and full jitter, never past `deadline`. `admit` is asked before
     /// every attempt (the global upstream budget) and may refuse it.
-    pub(crate) async fn fetch(
+    pub(crate) async fn fetch<'b>(
         &self,
         account: &Account,
         path: &str,
         query: Option<&str>,
         deadline: Instant,
-        admit: &(dyn Fn() -> Result<(), Duration> + Sync),
+        admit: &(dyn Fn() -> Admission<'b> + Sync),
         on_attempt: &(dyn Fn(&'static str, Duration) + Sync),
     ) -> Result<Bytes, UpstreamFailure> {
         let mut url = String::with_capacity(self.settings.base_url.len() + path.len() + 32);
@@ -180,7 +180,9 @@ impl Upstream {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            admit().map_err(|retry_after| UpstreamFailure::BudgetExhausted { retry_after })?;
+            admit()
+                .await
+                .map_err(|retry_after| UpstreamFailure::BudgetExhausted { retry_after })?;
             let started = Instant::now();
             let per_attempt = (started + self.settings.timeout).min(deadline);
             let result = tokio::time::timeout_at(per_attempt, self.attempt(&url, &auth))
@@ -258,6 +260,11 @@ impl Upstream {
         Ok(buf.freeze())
     }
 }
+
+/// The answer of the upstream budget for one attempt (it may ask Redis): `Err(retry_after)`
+/// refuses the attempt.
+pub(crate) type Admission<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Duration>> + Send + 'a>>;
 
 /// `Retry-After` as delta-seconds or HTTP-date; default 60 s when absent or unparseable,
 /// clamped to one hour.

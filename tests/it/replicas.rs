@@ -410,3 +410,209 @@ async fn absurd_numbers_in_a_shared_limit_never_become_a_500() {
     }
     g.stop().await;
 }
+
+/// How many answers replica `g` holds in its own cache.
+async fn local_entries(g: &Harness) -> u64 {
+    let v = g.admin_json("/admin/cache").await;
+    v["accounts"].as_array().map_or(0, |a| {
+        a.iter().map(|x| x["count"].as_u64().unwrap_or(0)).sum()
+    })
+}
+
+/// Waits until replica `g` holds no answer; panics after `within`.
+async fn emptied_within(g: &Harness, within: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    while local_entries(g).await > 0 {
+        assert!(
+            started.elapsed() < within,
+            "replica still holds its copies after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_copy_from_another_replica_is_a_hit_with_the_original_age() {
+    let redis = Redis::start();
+    let up = FakeUpstream::start().await;
+    let cfg = shared_config(&up, &redis, "");
+    let g1 = Harness::start(&cfg).await;
+    let g2 = Harness::start(&cfg).await;
+    wait_redis_up(&[&g1, &g2]).await;
+    assert_eq!(header(&g1.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // Replica 2 made no upstream call: a HIT, aged from replica 1's fetch.
+    let r = g2.get(ME, KEY_ALPHA).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-cache"), "HIT");
+    let first_age: u64 = header(&r, "age").parse().unwrap();
+    assert!(first_age >= 1, "age {first_age}");
+    assert_eq!(up.calls(), 1);
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let r = g2.get(ME, KEY_ALPHA).await;
+    assert_eq!(header(&r, "x-cache"), "HIT");
+    let later: u64 = header(&r, "age").parse().unwrap();
+    assert!(later > first_age, "age grows: {first_age} then {later}");
+    // Dashboards see it as its own label: one shared hit, one local hit, no miss on g2.
+    let m = g2.metrics().await;
+    let line = |cache: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("gateway_requests_total{")
+                    && l.contains("client=\"alpha\"")
+                    && l.contains(&format!("route=\"{ME}\""))
+                    && l.contains(&format!("cache=\"{cache}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+    };
+    assert_eq!(line("HIT_SHARED").as_deref(), Some("1"), "{m}");
+    assert_eq!(line("HIT").as_deref(), Some("1"), "{m}");
+    assert_eq!(line("MISS"), None, "{m}");
+    g1.stop().await;
+    g2.stop().await;
+}
+
+#[tokio::test]
+async fn a_purge_on_one_replica_reaches_the_others_within_a_second() {
+    let mut redis = Redis::start();
+    let up = FakeUpstream::start().await;
+    let cfg = shared_config(&up, &redis, "");
+    let g1 = Harness::start(&cfg).await;
+    let g2 = Harness::start(&cfg).await;
+    wait_redis_up(&[&g1, &g2]).await;
+    let purge = |g: &Harness, query: &'static str| {
+        let req = g
+            .http
+            .post(g.admin_url(&format!("/admin/cache/purge{query}")));
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap()
+        }
+    };
+    // Both replicas hold A and B.
+    for g in [&g1, &g2] {
+        assert_eq!(g.get(ME, KEY_ALPHA).await.status(), 200);
+        assert_eq!(g.get(ME, KEY_BETA).await.status(), 200);
+    }
+    assert_eq!(up.calls(), 2);
+    assert_eq!(local_entries(&g2).await, 2);
+
+    // One account: only its copies go, on the other replica too.
+    let v = purge(&g1, "?account=A").await;
+    assert_eq!(v["replicas"], "notified", "{v}");
+    let started = std::time::Instant::now();
+    loop {
+        let v = g2.admin_json("/admin/cache").await;
+        let accounts: Vec<&str> = v["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a["account"].as_str())
+            .collect();
+        if accounts == ["B"] {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(header(&g2.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
+    assert_eq!(up.calls(), 3);
+
+    // Everything.
+    purge(&g1, "").await;
+    emptied_within(&g2, Duration::from_secs(1)).await;
+
+    // Redis restarts in between (its subscribers drop, its purge count is lost): a purge
+    // still reaches the other replica within a second once both are back.
+    assert_eq!(g2.get(ME, KEY_BETA).await.status(), 200);
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let port = redis.port;
+    let _redis = Redis::start_on(port);
+    wait_redis_up(&[&g1, &g2]).await;
+    assert_eq!(g2.get(ME, KEY_BETA).await.status(), 200);
+    assert!(local_entries(&g2).await > 0);
+    tokio::time::sleep(Duration::from_millis(1_200)).await; // resubscribed
+    let v = purge(&g1, "").await;
+    assert_eq!(v["replicas"], "notified", "{v}");
+    emptied_within(&g2, Duration::from_secs(1)).await;
+    g1.stop().await;
+    g2.stop().await;
+}
+
+#[tokio::test]
+async fn a_purge_announced_while_a_replica_was_not_listening_still_reaches_it() {
+    let redis = Redis::start();
+    let up = FakeUpstream::start().await;
+    let cfg = shared_config(&up, &redis, "");
+    let g2 = Harness::start(&cfg).await;
+    wait_redis_up(&[&g2]).await;
+    assert_eq!(g2.get(ME, KEY_ALPHA).await.status(), 200);
+    tokio::time::sleep(Duration::from_millis(700)).await; // the generation was read once
+                                                          // A purge whose message this replica never received (it was cut off): only the purge
+                                                          // generation moved.
+    let (mut c, _) = redis_keys(&redis, "*");
+    let _: u64 = redis::cmd("INCR")
+        .arg("test:purge:gen")
+        .query(&mut c)
+        .unwrap();
+    emptied_within(&g2, Duration::from_secs(1)).await;
+    g2.stop().await;
+}
+
+#[tokio::test]
+async fn a_429_on_one_replica_pauses_the_account_on_every_replica() {
+    let redis = Redis::start();
+    let up = FakeUpstream::start().await;
+    let cfg = shared_config(&up, &redis, "");
+    let g1 = Harness::start(&cfg).await;
+    let g2 = Harness::start(&cfg).await;
+    wait_redis_up(&[&g1, &g2]).await;
+    up.set_mode(Mode::TooMany(30));
+    let r = g1.get(ME, KEY_ALPHA).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(up.calls(), 1);
+    up.set_mode(Mode::Normal);
+    // Replica 2 never saw the 429, yet does not call: 503 with the time left.
+    let r = g2.get(ME, KEY_ALPHA).await;
+    assert_eq!(r.status(), 503);
+    let retry: u64 = header(&r, "retry-after").parse().unwrap();
+    assert!((1..=30).contains(&retry), "retry-after {retry}");
+    assert_eq!(up.calls(), 1, "no upstream call while paused");
+    // Another account is not paused.
+    assert_eq!(g2.get(ME, KEY_BETA).await.status(), 200);
+    assert_eq!(up.calls(), 2);
+    g1.stop().await;
+    g2.stop().await;
+}
+
+#[tokio::test]
+async fn the_upstream_budget_is_one_for_all_replicas() {
+    let redis = Redis::start();
+    let up = FakeUpstream::start().await;
+    let cfg = shared_config(&up, &redis, "").edit("retries = 0", "retries = 0\nrate = \"2/m\"");
+    let gws = [
+        Harness::start(&cfg).await,
+        Harness::start(&cfg).await,
+        Harness::start(&cfg).await,
+    ];
+    wait_redis_up(&[&gws[0], &gws[1], &gws[2]]).await;
+    // Four different answers, one per replica in turn: only two upstream calls in a minute.
+    let asks = [
+        (ME, KEY_ALPHA),
+        (ME, KEY_BETA),
+        ("/iam/users/me", KEY_GAMMA),
+        ("/iam/users/me", KEY_BETA),
+    ];
+    let mut statuses = Vec::new();
+    for (i, (path, key)) in asks.iter().enumerate() {
+        statuses.push(gws[i % 3].get(path, key).await.status().as_u16());
+    }
+    assert_eq!(up.calls(), 2, "{statuses:?}");
+    assert_eq!(statuses, vec![200, 200, 503, 503]);
+    for g in gws {
+        g.stop().await;
+    }
+}
