@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{ConnectionAddr, IntoConnectionInfo, TlsCertificates, TlsMode};
 use secrecy::ExposeSecret;
 
 use crate::cache::CacheKey;
@@ -73,8 +75,8 @@ pub struct Redis {
     epoch: tokio::time::Instant,
     unlock: redis::Script,
     announce: redis::Script,
-    /// For the purge subscription (its own connection).
-    client: redis::Client,
+    /// The client of the current primary, for the purge subscription (its own connection).
+    client: ArcSwapOption<redis::Client>,
     /// This process, in purge announcements (it skips its own).
     replica_id: String,
     /// The purge generation this replica has applied (`u64::MAX`: not read yet).
@@ -97,7 +99,7 @@ impl Redis {
         settings: &RedisSettings,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Redis>, redis::RedisError> {
-        let client = redis::Client::open(settings.url.0.expose_secret())?;
+        let source = Source::new(settings)?;
         let shared = Arc::new(Redis {
             conns: ArcSwapOption::empty(),
             next: AtomicUsize::new(0),
@@ -108,45 +110,19 @@ impl Redis {
             epoch: tokio::time::Instant::now(),
             unlock: redis::Script::new(UNLOCK),
             announce: redis::Script::new(ANNOUNCE_PURGE),
-            client: client.clone(),
+            client: ArcSwapOption::empty(),
             replica_id: format!("{:016x}", rand::random::<u64>()),
             purge_seen: AtomicU64::new(u64::MAX),
             metrics,
         });
         shared.metrics.redis_up.set(0);
         let pool = settings.pool_size.max(1) as usize;
-        let weak = Arc::downgrade(&shared);
-        let timeout = settings.timeout;
-        tokio::spawn(async move {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(1);
-            let mut logged = false;
-            loop {
-                let mut conns = Vec::with_capacity(pool);
-                for _ in 0..pool {
-                    match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-                        Ok(c) => conns.push(c),
-                        Err(e) => {
-                            if !logged {
-                                tracing::warn!(error = %redacted(&e), "cannot connect to Redis yet; serving from the local cache and limiter");
-                                logged = true;
-                            }
-                            break;
-                        }
-                    }
-                }
-                let Some(shared) = weak.upgrade() else { return };
-                if conns.len() == pool {
-                    shared.conns.store(Some(Arc::new(conns)));
-                    shared.mark_up();
-                    return;
-                }
-                drop(shared);
-                tokio::time::sleep(RETRY_AFTER_FAILURE).await;
-            }
-        });
+        tokio::spawn(connect(
+            Arc::downgrade(&shared),
+            source,
+            pool,
+            settings.timeout,
+        ));
         Ok(shared)
     }
 
@@ -383,11 +359,11 @@ impl Redis {
         tokio::spawn(async move {
             loop {
                 let Some(redis) = weak.upgrade() else { return };
-                let client = redis.client.clone();
+                let client = redis.client.load_full();
                 let channel = redis.purge_names().1;
                 drop(redis);
                 let subscribed = async {
-                    let mut ps = client.get_async_pubsub().await.ok()?;
+                    let mut ps = client?.get_async_pubsub().await.ok()?;
                     ps.subscribe(&channel).await.ok()?;
                     Some(ps)
                 };
@@ -395,12 +371,16 @@ impl Redis {
                     .await
                     .ok()
                     .flatten();
-                if let Some(ps) = ps {
-                    if !Self::follow(&weak, ps, &on_purge).await {
-                        return;
+                match ps {
+                    Some(ps) => {
+                        if !Self::follow(&weak, ps, &on_purge).await {
+                            return;
+                        }
+                        tokio::time::sleep(PURGE_CHECK_EVERY).await;
                     }
+                    // Not connected yet: subscribe as soon as the pool is.
+                    None => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
-                tokio::time::sleep(PURGE_CHECK_EVERY).await;
             }
         });
     }
@@ -542,6 +522,127 @@ impl Redis {
                 script.key(k).arg(token).invoke_async(&mut c).await
             })
             .await;
+    }
+}
+
+/// Where the primary is: one URL, or whatever the sentinels say now.
+enum Source {
+    Direct(redis::Client),
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+impl Source {
+    fn new(settings: &RedisSettings) -> Result<Source, redis::RedisError> {
+        let url = settings.url.0.expose_secret();
+        let Some(sentinel) = &settings.sentinel else {
+            return Ok(Source::Direct(match &settings.ca_pem {
+                None => redis::Client::open(url)?,
+                Some(pem) => redis::Client::build_with_tls(
+                    url,
+                    TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(pem.clone()),
+                    },
+                )?,
+            }));
+        };
+        // The URL gives how to talk to the primary (TLS, user, password, db), not where it is.
+        let info = url.into_connection_info()?;
+        let mut node = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(info.redis_settings().clone());
+        if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+            node = node.set_tls_mode(TlsMode::Secure);
+        }
+        let sentinels: Vec<ConnectionAddr> = sentinel
+            .addrs
+            .iter()
+            .map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port))
+            .collect();
+        let client = SentinelClient::build(
+            sentinels,
+            sentinel.master.as_str(),
+            Some(node),
+            SentinelServerType::Master,
+        )?;
+        Ok(Source::Sentinel(tokio::sync::Mutex::new(client)))
+    }
+
+    /// A client of the primary as of now.
+    async fn primary(&self) -> redis::RedisResult<redis::Client> {
+        match self {
+            Source::Direct(c) => Ok(c.clone()),
+            Source::Sentinel(s) => s.lock().await.async_get_client().await,
+        }
+    }
+}
+
+/// Connects the pool (retrying every [`RETRY_AFTER_FAILURE`]) and publishes it. A direct
+/// connection then reconnects by itself; behind sentinels, whenever Redis stops answering the
+/// primary is asked again (after a failover it is another server) and the pool rebuilt.
+async fn connect(weak: std::sync::Weak<Redis>, source: Source, pool: usize, timeout: Duration) {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1);
+    let mut logged = false;
+    loop {
+        let mut conns = Vec::with_capacity(pool);
+        let client = source.primary().await;
+        if let Ok(client) = &client {
+            for _ in 0..pool {
+                match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                    Ok(c) => conns.push(c),
+                    Err(_) => break,
+                }
+            }
+        }
+        let Some(redis) = weak.upgrade() else { return };
+        match client {
+            Ok(client) if conns.len() == pool => {
+                // From here on a moved purge generation means a purge this replica missed.
+                let gen_key = redis.purge_names().0;
+                let mut c = conns[0].clone();
+                let mut get = redis::cmd("GET");
+                get.arg(gen_key);
+                let read = get.query_async::<Option<u64>>(&mut c);
+                if let Ok(Ok(g)) = tokio::time::timeout(timeout, read).await {
+                    let _ = redis.purge_seen.compare_exchange(
+                        u64::MAX,
+                        g.unwrap_or(0),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
+                redis.conns.store(Some(Arc::new(conns)));
+                redis.client.store(Some(Arc::new(client)));
+                redis.mark_up();
+                logged = false;
+                if let Source::Direct(_) = source {
+                    return;
+                }
+                drop(redis);
+                // Behind sentinels: watch for the primary going away.
+                loop {
+                    tokio::time::sleep(RETRY_AFTER_FAILURE / 2).await;
+                    let Some(redis) = weak.upgrade() else { return };
+                    if !redis.is_up() {
+                        tracing::info!("Redis primary unreachable; asking the sentinels again");
+                        break;
+                    }
+                }
+                continue;
+            }
+            Ok(_) | Err(_) => {
+                if !logged {
+                    tracing::warn!(
+                        "cannot connect to Redis yet; serving from the local cache and limiter"
+                    );
+                    logged = true;
+                }
+            }
+        }
+        drop(redis);
+        tokio::time::sleep(RETRY_AFTER_FAILURE).await;
     }
 }
 

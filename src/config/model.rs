@@ -76,6 +76,19 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// Connections kept open.
     pub pool_size: u32,
+    /// PEM roots for a `rediss://` server (`ca_file`, read at load); `None`: the OS's.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Ask these sentinels for the primary (the URL then gives scheme, user, password, db).
+    pub sentinel: Option<SentinelSettings>,
+}
+
+/// `[redis] sentinels` + `sentinel_master`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelSettings {
+    /// Sentinel addresses, in the order they are asked.
+    pub addrs: Vec<(String, u16)>,
+    /// The monitored primary's name.
+    pub master: String,
 }
 
 /// A Redis URL, which may carry a password: `Debug` hides it, `==` compares in constant time.

@@ -166,6 +166,12 @@ pub struct RawRedis {
     pub key_prefix: String,
     pub timeout: String,
     pub pool_size: u32,
+    /// PEM roots that a `rediss://` server's certificate must chain to (instead of the OS's).
+    pub ca_file: Option<String>,
+    /// Redis Sentinel addresses (`host:port`): the primary is asked of them.
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the primary under.
+    pub sentinel_master: Option<String>,
 }
 
 impl Default for RawRedis {
@@ -174,6 +180,9 @@ impl Default for RawRedis {
             url: None,
             url_env: None,
             url_file: None,
+            ca_file: None,
+            sentinels: Vec::new(),
+            sentinel_master: None,
             key_prefix: "gcore-gateway:".into(),
             // Redis on the same network answers in well under a millisecond; 50 ms means it
             // is in trouble.

@@ -209,11 +209,71 @@ impl Validator<'_> {
         if r.pool_size == 0 {
             return Err(self.err("redis.pool_size", "must be at least 1"));
         }
+        let ca_pem = match &r.ca_file {
+            None => None,
+            Some(file) => {
+                if !url.starts_with("rediss://") {
+                    return Err(self.err(
+                        "redis.ca_file",
+                        "applies to rediss:// (TLS) only; the URL is redis://",
+                    ));
+                }
+                let pem = std::fs::read(file)
+                    .map_err(|e| self.err("redis.ca_file", format!("cannot read {file}: {e}")))?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(
+                        self.err("redis.ca_file", format!("{file} holds no PEM certificate"))
+                    );
+                }
+                Some(pem)
+            }
+        };
+        let sentinel = match (&r.sentinels[..], &r.sentinel_master) {
+            ([], None) => None,
+            ([], Some(_)) => {
+                return Err(self.err("redis.sentinels", "is required with sentinel_master"))
+            }
+            (_, None) => {
+                return Err(self.err(
+                    "redis.sentinel_master",
+                    "is required with sentinels (the name the sentinels monitor)",
+                ))
+            }
+            (_, Some(_)) if ca_pem.is_some() => {
+                return Err(self.err(
+                    "redis.ca_file",
+                    "is not supported with sentinels (the primary must be trusted by the OS roots)",
+                ))
+            }
+            (addrs, Some(master)) => {
+                let addrs = addrs
+                    .iter()
+                    .map(|a| {
+                        let parsed = a
+                            .rsplit_once(':')
+                            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse().ok()?)))
+                            .filter(|(h, _)| !h.is_empty());
+                        parsed.map(|(h, p)| (h.to_string(), p)).ok_or_else(|| {
+                            self.err("redis.sentinels", format!("{a:?} is not host:port"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                if master.is_empty() {
+                    return Err(self.err("redis.sentinel_master", "must not be empty"));
+                }
+                Some(SentinelSettings {
+                    addrs,
+                    master: master.clone(),
+                })
+            }
+        };
         Ok(RedisSettings {
             url: RedisUrl(SecretString::from(url)),
             key_prefix: r.key_prefix.clone(),
             timeout: self.positive("redis.timeout", &r.timeout)?,
             pool_size: r.pool_size,
+            ca_pem,
+            sentinel,
         })
     }
 

@@ -16,21 +16,24 @@ struct Redis {
 
 impl Redis {
     fn start_on(port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        Redis::spawn(
+            "redis-server",
+            port,
+            &["--port", &port.to_string(), "--bind", "127.0.0.1"],
+        )
+    }
+
+    /// Starts `program` (redis-server or redis-sentinel) with `args`, listening on `port`.
+    fn spawn(program: &str, port: u16, args: &[&str]) -> Redis {
+        let child = Command::new(program)
+            .args(args)
+            .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed (scripts/test.sh installs it)");
+            .unwrap_or_else(|e| {
+                panic!("{program} must be installed (scripts/test.sh installs it): {e}")
+            });
         let r = Redis {
             port,
             child: Some(child),
@@ -44,12 +47,7 @@ impl Redis {
         panic!("redis-server did not start on {port}");
     }
     fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Redis::start_on(port)
+        Redis::start_on(free_port())
     }
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -419,6 +417,26 @@ async fn local_entries(g: &Harness) -> u64 {
     })
 }
 
+/// Waits until `n` replicas listen for purges (`prefix` is their `redis.key_prefix`).
+async fn wait_subscribed(redis: &Redis, prefix: &str, n: i64) {
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for _ in 0..300 {
+        let (_, count): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(format!("{prefix}purge"))
+            .query(&mut c)
+            .unwrap();
+        if count >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("replicas did not subscribe to purges");
+}
+
 /// Waits until replica `g` holds no answer; panics after `within`.
 async fn emptied_within(g: &Harness, within: Duration) -> Duration {
     let started = std::time::Instant::now();
@@ -491,6 +509,7 @@ async fn a_purge_on_one_replica_reaches_the_others_within_a_second() {
             serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap()
         }
     };
+    wait_subscribed(&redis, "test:", 2).await;
     // Both replicas hold A and B.
     for g in [&g1, &g2] {
         assert_eq!(g.get(ME, KEY_ALPHA).await.status(), 200);
@@ -534,7 +553,7 @@ async fn a_purge_on_one_replica_reaches_the_others_within_a_second() {
     wait_redis_up(&[&g1, &g2]).await;
     assert_eq!(g2.get(ME, KEY_BETA).await.status(), 200);
     assert!(local_entries(&g2).await > 0);
-    tokio::time::sleep(Duration::from_millis(1_200)).await; // resubscribed
+    wait_subscribed(&_redis, "test:", 2).await;
     let v = purge(&g1, "").await;
     assert_eq!(v["replicas"], "notified", "{v}");
     emptied_within(&g2, Duration::from_secs(1)).await;
@@ -550,9 +569,9 @@ async fn a_purge_announced_while_a_replica_was_not_listening_still_reaches_it() 
     let g2 = Harness::start(&cfg).await;
     wait_redis_up(&[&g2]).await;
     assert_eq!(g2.get(ME, KEY_ALPHA).await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(700)).await; // the generation was read once
-                                                          // A purge whose message this replica never received (it was cut off): only the purge
-                                                          // generation moved.
+    // A purge whose message this replica never received (it was cut off): only the purge
+    // generation moved.
+    wait_subscribed(&redis, "test:", 1).await;
     let (mut c, _) = redis_keys(&redis, "*");
     let _: u64 = redis::cmd("INCR")
         .arg("test:purge:gen")
@@ -615,4 +634,235 @@ async fn the_upstream_budget_is_one_for_all_replicas() {
     for g in gws {
         g.stop().await;
     }
+}
+
+/// A fresh directory for files a test hands to Redis or the gateway.
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gcore-gateway-{name}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_is_shared() {
+    // A private CA and a server certificate for 127.0.0.1 signed by it.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let dir = scratch_dir("rediss");
+    let (ca, crt, pem) = (
+        dir.join("ca.pem"),
+        dir.join("redis.crt"),
+        dir.join("redis.key"),
+    );
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&pem, key.serialize_pem()).unwrap();
+
+    let port = free_port();
+    let _redis = Redis::spawn(
+        "redis-server",
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            crt.to_str().unwrap(),
+            "--tls-key-file",
+            pem.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let up = FakeUpstream::start().await;
+    let redis_section = format!(
+        "[redis]\nurl = \"rediss://127.0.0.1:{port}\"\nkey_prefix = \"tls:\"\ntimeout = \"500ms\"\npool_size = 1\n"
+    );
+    let trusting = config(
+        &up.url(),
+        &format!("{redis_section}ca_file = \"{}\"\n", ca.display()),
+    );
+    let g1 = Harness::start(&trusting).await;
+    let g2 = Harness::start(&trusting).await;
+    wait_redis_up(&[&g1, &g2]).await;
+    assert_eq!(header(&g1.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
+    assert_eq!(header(&g2.get(ME, KEY_ALPHA).await, "x-cache"), "HIT");
+    assert_eq!(up.calls(), 1, "shared over TLS");
+
+    // Without the CA the server is not trusted: no sharing, yet every caller is served.
+    let untrusting = Harness::start(&config(&up.url(), &redis_section)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(untrusting.gw.redis_up(), Some(false));
+    assert_eq!(untrusting.get(ME, KEY_BETA).await.status(), 200);
+    for g in [g1, g2, untrusting] {
+        g.stop().await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn behind_sentinel_the_shared_limit_survives_a_failover() {
+    let primary = Redis::start();
+    let replica_port = free_port();
+    let _replica = Redis::spawn(
+        "redis-server",
+        replica_port,
+        &[
+            "--port",
+            &replica_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--replicaof",
+            "127.0.0.1",
+            &primary.port.to_string(),
+        ],
+    );
+    let dir = scratch_dir("sentinel");
+    let conf = dir.join("sentinel.conf");
+    let sentinel_port = free_port();
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor gw 127.0.0.1 {} 1\n\
+             sentinel down-after-milliseconds gw 1000\nsentinel failover-timeout gw 5000\n",
+            primary.port
+        ),
+    )
+    .unwrap();
+    let _sentinel = Redis::spawn("redis-sentinel", sentinel_port, &[conf.to_str().unwrap()]);
+    let mut sentinel = redis::Client::open(format!("redis://127.0.0.1:{sentinel_port}"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    // The sentinel must know the replica before it can fail over to it.
+    for i in 0.. {
+        let replicas: Vec<redis::Value> = redis::cmd("SENTINEL")
+            .arg("replicas")
+            .arg("gw")
+            .query(&mut sentinel)
+            .unwrap();
+        if !replicas.is_empty() {
+            break;
+        }
+        assert!(i < 200, "the sentinel never saw the replica");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    const POKE: &str = "poke-team-key-0123456789";
+    let up = FakeUpstream::start().await;
+    let cfg = config(
+        &up.url(),
+        &format!(
+            "[[clients]]\nname = \"poke\"\nkeys = [\"{}\"]\naccount = \"B\"\nrate = \"100/s\"\nburst = 100\n\n\
+             [redis]\nurl = \"redis://sentinel-gives-the-host\"\nsentinels = [\"127.0.0.1:{sentinel_port}\"]\n\
+             sentinel_master = \"gw\"\nkey_prefix = \"s:\"\ntimeout = \"200ms\"\npool_size = 1\n",
+            hash(POKE)
+        ),
+    )
+    .edit(
+        "name = \"alpha\"\nkeys",
+        "name = \"alpha\"\nrate = \"1/m\"\nburst = 4\nkeys",
+    )
+    .edit("name = \"beta\"\nkeys", "name = \"beta\"\nrate = \"1/m\"\nburst = 4\nkeys");
+    let g1 = Harness::start(&cfg).await;
+    let g2 = Harness::start(&cfg).await;
+    wait_redis_up(&[&g1, &g2]).await;
+    let allowed = |answers: Vec<Answer>| answers.iter().filter(|a| a.status == 200).count();
+    assert_eq!(
+        allowed(concurrent_gets(&[&g1, &g2], ME, KEY_ALPHA, 12).await),
+        4
+    );
+
+    // The primary dies; the sentinel promotes the replica.
+    drop(primary);
+    let started = std::time::Instant::now();
+    loop {
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("gw")
+            .query(&mut sentinel)
+            .unwrap();
+        if addr.is_some_and(|(_, p)| p == replica_port) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no failover");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The replicas notice on their next Redis call and ask the sentinel again.
+    let mut stable = 0;
+    while stable < 5 {
+        for g in [&g1, &g2] {
+            assert_eq!(g.get(ME, POKE).await.status(), 200);
+        }
+        stable = if g1.gw.redis_up() == Some(true) && g2.gw.redis_up() == Some(true) {
+            stable + 1
+        } else {
+            0
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "never back on Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One limit again, on the new primary: a fresh client's burst holds across both.
+    assert_eq!(
+        allowed(concurrent_gets(&[&g1, &g2], ME, KEY_BETA, 12).await),
+        4
+    );
+    g1.stop().await;
+    g2.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn redis_settings_are_refused_with_the_key_named() {
+    let dir = scratch_dir("redis-config");
+    let ca = dir.join("ca.pem");
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let cases = [
+        (format!("url = \"redis://h:1\"\nca_file = \"{}\"", ca.display()), "redis.ca_file"),
+        ("url = \"rediss://h:1\"\nca_file = \"/nonexistent/ca.pem\"".to_string(), "redis.ca_file"),
+        (format!("url = \"rediss://h:1\"\nca_file = \"{}\"", not_pem.display()), "redis.ca_file"),
+        ("url = \"redis://h\"\nsentinels = [\"127.0.0.1:26379\"]".to_string(), "redis.sentinel_master"),
+        ("url = \"redis://h\"\nsentinel_master = \"gw\"".to_string(), "redis.sentinels"),
+        ("url = \"redis://h\"\nsentinels = [\"no-port\"]\nsentinel_master = \"gw\"".to_string(), "redis.sentinels"),
+        (
+            format!("url = \"rediss://h\"\nca_file = \"{}\"\nsentinels = [\"h:1\"]\nsentinel_master = \"gw\"", ca.display()),
+            "redis.ca_file",
+        ),
+    ];
+    for (section, key) in cases {
+        let text = config("http://127.0.0.1:1", &format!("[redis]\n{section}\n"));
+        let err = gcore_gateway::config::Config::parse(&text, "test.toml", &secrets())
+            .expect_err(&section)
+            .to_string();
+        assert!(err.contains(key), "{section}: {err}");
+    }
+    // And what is valid parses.
+    let ok = "[redis]\nurl = \"rediss://:pw@h\"\nsentinels = [\"10.0.0.1:26379\", \"[::1]:26380\"]\nsentinel_master = \"gw\"\n";
+    gcore_gateway::config::Config::parse(&config("http://127.0.0.1:1", ok), "t", &secrets())
+        .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
 }
