@@ -866,3 +866,43 @@ fn redis_settings_are_refused_with_the_key_named() {
         .unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_an_accounts_key_empties_that_account_everywhere() {
+    let redis = Redis::start();
+    let up = FakeUpstream::start().await;
+    let cfg = shared_config(&up, &redis, "");
+    let g1 = Harness::start(&cfg).await;
+    let g2 = Harness::start(&cfg).await;
+    wait_redis_up(&[&g1, &g2]).await;
+    wait_subscribed(&redis, "test:", 2).await;
+    for g in [&g1, &g2] {
+        assert_eq!(g.get(ME, KEY_ALPHA).await.status(), 200);
+        assert_eq!(g.get(ME, KEY_BETA).await.status(), 200);
+    }
+    assert_eq!(local_entries(&g2).await, 2);
+    // Replica 1 is reloaded with another key for account A.
+    let rotated = cfg.edit(
+        "name = \"A\"\napi_key_env = \"TEST_SECRET_A\"",
+        "name = \"A\"\napi_key_env = \"TEST_SECRET_B\"",
+    );
+    g1.gw.set_embedded_text(rotated);
+    assert_eq!(g1.reload().await.status(), 200);
+    let started = std::time::Instant::now();
+    loop {
+        let v = g2.admin_json("/admin/cache").await;
+        let accounts: Vec<&str> = v["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a["account"].as_str())
+            .collect();
+        if accounts == ["B"] {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    g1.stop().await;
+    g2.stop().await;
+}
