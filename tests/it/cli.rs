@@ -4,6 +4,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::Edit;
+
 const BIN: &str = env!("CARGO_BIN_EXE_gcore-gateway");
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -125,35 +127,35 @@ fn check_rejects_broken_configs_naming_the_key() {
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "unknown key",
-            good.replace("shutdown_grace =", "shutdown_grce ="),
+            good.edit("shutdown_grace =", "shutdown_grce ="),
             "shutdown_grce",
         ),
         (
             "bad duration",
-            good.replace("ttl = \"60s\"", "ttl = \"60 parsecs\""),
+            good.edit("ttl = \"60s\"", "ttl = \"60 parsecs\""),
             "cache.ttl",
         ),
         (
             "bad rate",
-            good.replace("rate = \"10/s\"", "rate = \"10/d\""),
+            good.edit("rate = \"10/s\"", "rate = \"10/d\""),
             "clients[0].rate",
         ),
         (
             "bad size",
-            good.replace("max_body = \"1MiB\"", "max_body = \"1 lots\""),
+            good.edit("max_body = \"1MiB\"", "max_body = \"1 lots\""),
             "upstream.max_body",
         ),
         (
             "plaintext key",
-            good.replace(
-                "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            good.edit(
+                "sha256:4ab34b862d83b7f44d7a1e87de1aa5415312f90b1daeec81e779f7548acbdd19",
                 "my-plaintext-team-key",
             ),
             "clients[0].keys[0]",
         ),
         (
             "unknown account",
-            good.replace(
+            good.edit(
                 "account = \"main\"\n# Optional redaction",
                 "account = \"nope\"\n# Optional redaction",
             ),
@@ -161,12 +163,12 @@ fn check_rejects_broken_configs_naming_the_key() {
         ),
         (
             "unknown profile",
-            good.replace("profile = \"minimal\"", "profile = \"nope\""),
+            good.edit("profile = \"minimal\"", "profile = \"nope\""),
             "clients[0].profile",
         ),
         (
             "unknown route",
-            good.replace(
+            good.edit(
                 "routes = [\"/iam/clients/me\"]",
                 "routes = [\"/iam/users\"]",
             ),
@@ -174,33 +176,29 @@ fn check_rejects_broken_configs_naming_the_key() {
         ),
         (
             "insecure upstream",
-            good.replace("https://api.gcore.com", "http://api.gcore.com"),
+            good.edit("https://api.gcore.com", "http://api.gcore.com"),
             "upstream.base_url",
         ),
         (
             "bad jsonpath",
-            good.replace("\"$.status\",", "\"$.status[\","),
+            good.edit("\"$.status\",", "\"$.status[\","),
             "profiles.minimal.allow[1]",
         ),
         (
             "both secrets",
-            good.replace(
+            good.edit(
                 "api_key_env = \"GCORE_API_KEY\"",
                 "api_key_env = \"GCORE_API_KEY\"\napi_key_file = \"/x\"",
             ),
             "accounts[0]",
         ),
-        (
-            "toml syntax",
-            good.replace("[server]", "[server"),
-            "line 11",
-        ),
+        ("toml syntax", good.edit("[server]", "[server"), "line 11"),
     ];
     let cases = cases.into_iter().chain([
-        ("key pasted as a string", good.replace("keys = [\"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"]", "keys = \"my-plaintext-team-key\""), "line"),
-        ("key pasted as env name", good.replace("api_key_env = \"GCORE_API_KEY\"", "api_key_env = \"1234_my-plaintext-team-key\""), "accounts[0].api_key_env"),
-        ("absurd duration", good.replace("ttl = \"60s\"", "ttl = \"500000000000y\""), "cache.ttl"),
-        ("bad redis url", good.replace("# [redis]\n# url = \"redis://127.0.0.1:6379\"", "[redis]\nurl = \"redis://:my-plaintext-team-key@127.0.0.1:notaport\""), "redis.url"),
+        ("key pasted as a string", good.edit("keys = [\"sha256:4ab34b862d83b7f44d7a1e87de1aa5415312f90b1daeec81e779f7548acbdd19\"]", "keys = \"my-plaintext-team-key\""), "line"),
+        ("key pasted as env name", good.edit("api_key_env = \"GCORE_API_KEY\"", "api_key_env = \"1234_my-plaintext-team-key\""), "accounts[0].api_key_env"),
+        ("absurd duration", good.edit("ttl = \"60s\"", "ttl = \"500000000000y\""), "cache.ttl"),
+        ("bad redis url", good.edit("# [redis]\n# url = \"redis://127.0.0.1:6379\"", "[redis]\nurl = \"redis://:my-plaintext-team-key@127.0.0.1:notaport\""), "redis.url"),
     ]);
     for (what, text, key) in cases {
         let p = temp_config(&format!("{}.toml", what.replace(' ', "_")), &text);
@@ -238,8 +236,8 @@ fn serve_refuses_an_invalid_config_and_a_busy_port() {
     let port = busy.local_addr().unwrap().port();
     let text = std::fs::read_to_string("config/gateway.toml")
         .unwrap()
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:9090", "127.0.0.1:0");
+        .edit("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        .edit("127.0.0.1:9090", "127.0.0.1:0");
     let p = temp_config("busy.toml", &text);
     let (code, _, err) = run(
         &["serve", "--config", p.to_str().unwrap()],
