@@ -328,3 +328,94 @@ async fn serve_is_the_default_subcommand_and_sigint_drains() {
         .unwrap();
     assert!(status.success(), "SIGINT drains and exits 0: {status:?}");
 }
+
+#[test]
+fn each_subcommand_takes_only_its_flags_and_usage_errors_exit_64() {
+    for args in [
+        &["demo", "--config", "/nonexistent"][..],
+        &["gen-key", "--config", "x.toml"],
+        &["hash-key", "--log-format", "json", "abc"],
+        &["check", "--log-format", "json"],
+        &["health", "--log-format", "json"],
+        &["--config", "config/gateway.toml", "check"],
+        &["no-such-command"],
+        &["--no-such-flag"],
+        &["serve", "--port", "1"],
+        &["demo", "--port", "65535"],
+        &["demo", "--port", "not-a-number"],
+        &["hash-key", ""],
+        &["health", "--url", "ftp://127.0.0.1/healthz"],
+    ] {
+        let (code, out, err) = run(args, &[("GCORE_API_KEY", "k_1")]);
+        assert_eq!(code, 64, "{args:?}: {out}{err}");
+        assert!(err.contains("error"), "{args:?}: {err}");
+    }
+    // An invalid config keeps its own code, whatever the subcommand.
+    for args in [
+        &["check", "--config", "/nonexistent/gw.toml"][..],
+        &["serve", "--config", "/nonexistent/gw.toml"],
+        &["--config", "/nonexistent/gw.toml"],
+        &["health", "--config", "/nonexistent/gw.toml"],
+    ] {
+        let (code, _, err) = run(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("/nonexistent/gw.toml"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn help_lists_the_exit_codes() {
+    let (code, out, _) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    for line in [
+        "Exit codes:",
+        "  0 ",
+        "  1 ",
+        "  2   invalid config",
+        "  64  command-line usage",
+    ] {
+        assert!(out.contains(line), "--help lacks {line:?}: {out}");
+    }
+    let (code, out, _) = run(&["--version"], &[]);
+    assert_eq!((code, out.starts_with("gcore-gateway ")), (0, true));
+}
+
+/// `health` finds the admin port in the config (a wildcard address probed on loopback), also
+/// through `GCORE_GATEWAY_CONFIG` as in the image; a closed port is exit 1.
+#[tokio::test]
+async fn health_follows_the_configs_admin_listen() {
+    let up = crate::support::FakeUpstream::start().await;
+    let (text, _, admin) = crate::support::on_free_ports(&crate::support::config(&up.url(), ""));
+    let _bin = crate::support::binary::Binary::start(&text);
+    crate::support::wait_ready(&reqwest::Client::new(), admin).await;
+    let direct = temp_config("health-direct.toml", &text);
+    let wildcard = temp_config(
+        "health-wildcard.toml",
+        &text.edit(
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+            &format!("admin_listen = \"0.0.0.0:{admin}\""),
+        ),
+    );
+    for p in [&direct, &wildcard] {
+        let (code, out, err) = run(&["health", "--config", p.to_str().unwrap()], &[]);
+        assert_eq!(code, 0, "{}: {out}{err}", p.display());
+    }
+    let status = Command::new(BIN)
+        .arg("health")
+        .env("GCORE_GATEWAY_CONFIG", &wildcard)
+        .status()
+        .unwrap();
+    assert!(status.success(), "health reads GCORE_GATEWAY_CONFIG");
+    // No secret is needed to find the admin port (the test secrets are not in this env).
+    let closed = crate::support::free_port();
+    let down = temp_config(
+        "health-down.toml",
+        &text.edit(
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+            &format!("admin_listen = \"127.0.0.1:{closed}\""),
+        ),
+    );
+    let (code, _, err) = run(&["health", "--config", down.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{closed}")), "{err}");
+}
