@@ -174,6 +174,13 @@ fn check(path: &std::path::Path) -> ExitCode {
                     ));
                 }
             }
+            let admin = config.server.admin_listen;
+            if !admin.ip().is_loopback() && config.server.admin_token.is_none() {
+                text.push_str(&format!(
+                    "warning: server.admin_listen {admin} is not loopback and server.admin_token_sha256 is unset: \
+                     /metrics and /admin/* answer whoever reaches that port (set a token, or restrict the port by network)\n"
+                ));
+            }
             out(&text);
             ExitCode::SUCCESS
         }

@@ -419,3 +419,33 @@ async fn health_follows_the_configs_admin_listen() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains(&format!("127.0.0.1:{closed}")), "{err}");
 }
+
+#[test]
+fn check_warns_when_the_admin_port_is_reachable_without_a_token() {
+    let good = std::fs::read_to_string("config/gateway.toml").unwrap();
+    let open = good.edit(
+        "admin_listen = \"127.0.0.1:9090\"",
+        "admin_listen = \"0.0.0.0:9090\"",
+    );
+    let token = open.edit(
+        "# admin_token_sha256 = \"sha256:…\"",
+        &format!(
+            "admin_token_sha256 = \"{}\"",
+            crate::support::hash("an-admin-token-0123456789")
+        ),
+    );
+    let env = [("GCORE_API_KEY", "k_1")];
+    for (name, text, warned) in [("open", open, true), ("token", token, false)] {
+        let p = temp_config(&format!("admin-{name}.toml"), &text);
+        let (code, out, err) = run(&["check", "--config", p.to_str().unwrap()], &env);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(
+            out.contains("warning: server.admin_listen 0.0.0.0:9090 is not loopback"),
+            warned,
+            "{name}: {out}"
+        );
+    }
+    let (code, out, _) = run(&["check", "--config", "config/container.toml"], &env);
+    assert_eq!(code, 0);
+    assert!(!out.contains("warning"), "{out}");
+}

@@ -170,6 +170,7 @@ fn no_key_in_the_repository_opens_a_shipped_config() {
         .collect();
     for must in [
         "config/gateway.toml",
+        "config/container.toml",
         "deploy/compose/gateway.toml",
         "deploy/k8s/gateway.toml",
     ] {
@@ -222,4 +223,51 @@ fn the_demo_config_cannot_be_served() {
     let text = std::fs::read_to_string(root().join("config/demo.toml")).unwrap();
     let err = Config::parse(&text, "config/demo.toml", &AnySecret).unwrap_err();
     assert!(err.to_string().contains("server.listen"), "{err}");
+}
+
+/// The image runs `config/container.toml`: callers reach port 8080 from outside the container,
+/// the admin port stays on the container's loopback (no token needed there), and the image's
+/// HEALTHCHECK asks the binary, which reads that config's admin_listen (`cli::health_*`).
+#[test]
+fn the_image_has_its_own_config_and_a_healthcheck_that_follows_it() {
+    let text = std::fs::read_to_string(root().join("config/container.toml")).unwrap();
+    let c = Config::parse(&text, "config/container.toml", &AnySecret).unwrap();
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+    assert!(
+        c.server.admin_listen.ip().is_loopback() || c.server.admin_token.is_some(),
+        "an admin port reachable from outside needs admin_token_sha256"
+    );
+    let docker = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let lines: Vec<&str> = docker.lines().map(str::trim).collect();
+    assert!(lines.contains(&"COPY config/container.toml /etc/gcore-gateway/gateway.toml"));
+    assert!(lines.contains(&"ENV GCORE_GATEWAY_CONFIG=/etc/gcore-gateway/gateway.toml"));
+    assert!(lines.contains(&"USER 65532:65532"));
+    assert!(lines.contains(&"CMD [\"/usr/local/bin/gcore-gateway\", \"health\"]"));
+    assert!(
+        !docker.contains("--url"),
+        "the healthcheck must not hard-code an address"
+    );
+    // Every base image is pinned by digest.
+    let images: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ARG "))
+        .filter(|l| l.contains("_IMAGE="))
+        .collect();
+    assert_eq!(images.len(), 2, "{images:?}");
+    for image in images {
+        let digest = image.split("@sha256:").nth(1).unwrap_or("");
+        assert!(
+            digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{image}"
+        );
+    }
+    for from in lines.iter().filter(|l| l.starts_with("FROM ")) {
+        assert!(from.starts_with("FROM ${"), "unpinned base image: {from}");
+    }
+    // The image's license label and file match the crate's.
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("license = \"Apache-2.0\""));
+    assert!(docker.contains("org.opencontainers.image.licenses=\"Apache-2.0\""));
+    let license = std::fs::read_to_string(root().join("LICENSE")).unwrap();
+    assert!(license.contains("Apache License") && license.contains("Version 2.0, January 2004"));
 }
