@@ -17,3 +17,4 @@ mod resilience;
 mod safe_defaults;
 mod serving;
 mod shipped_config;
+mod tls_roots;

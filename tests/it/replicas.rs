@@ -10,8 +10,8 @@ use crate::support::*;
 
 const ME: &str = "/iam/clients/me";
 
-struct Redis {
-    port: u16,
+pub(crate) struct Redis {
+    pub(crate) port: u16,
     child: Option<Child>,
 }
 
@@ -19,7 +19,7 @@ impl Redis {
     fn start_on(port: u16) -> Redis {
         Redis::start_with(port, &[])
     }
-    fn start_with(port: u16, extra: &[&str]) -> Redis {
+    pub(crate) fn start_with(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args([
                 "--port",
