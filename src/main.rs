@@ -8,41 +8,78 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use gcore_gateway::auth::{generate_key, KeyHash};
 use gcore_gateway::config::Config;
 use gcore_gateway::{demo, server};
 use gcore_gateway::{ConfigSource, Gateway};
 
+/// Exit codes, shown under `--help` (and listed in the README).
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   success (serve: drained and stopped on SIGTERM/SIGINT; health: healthy)
+  1   runtime failure (port in use, upstream or I/O error; health: unhealthy)
+  2   invalid config (syntax, unknown key, bad value, missing secret)
+  64  command-line usage error (unknown subcommand or flag, bad argument)";
+
+/// Exit code for an invalid config (`check`, `serve`, `health`), as the contract says.
+const EXIT_INVALID_CONFIG: u8 = 2;
+/// Exit code for a command-line usage error (sysexits.h `EX_USAGE`).
+const EXIT_USAGE: u8 = 64;
+
 #[derive(Parser)]
 #[command(
     name = "gcore-gateway",
     version,
-    about = "Caching, key-hiding, rate-limiting gateway for the Gcore API"
+    about = "Caching, key-hiding, rate-limiting gateway for the Gcore API",
+    after_help = EXIT_CODES,
+    // Without a subcommand the gateway serves, so serve's flags are accepted here too; with a
+    // subcommand they are not (`gcore-gateway --config X check` is a usage error).
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    #[command(
+        flatten,
+        next_help_heading = "Options of serve (the default when no COMMAND is given)"
+    )]
+    serve: ServeArgs,
+}
+
+#[derive(Args)]
+struct ConfigArg {
     /// Config file (TOML).
     #[arg(
         long,
-        global = true,
         env = "GCORE_GATEWAY_CONFIG",
         default_value = "config/gateway.toml"
     )]
     config: PathBuf,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    log: LogArg,
+}
+
+#[derive(Args)]
+struct LogArg {
     /// Log format; default: pretty on a terminal, json otherwise. Filter with RUST_LOG.
-    #[arg(long, global = true, value_enum)]
+    #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Serve,
+    Serve(ServeArgs),
     /// Validate the config and print a summary (exit 2 if invalid).
-    Check,
+    Check(ConfigArg),
     /// Print sha256:<hex> of KEY (or of one line read from stdin) for clients.keys.
     HashKey { key: Option<String> },
     /// Print a new random caller key and its sha256: hash.
@@ -52,11 +89,19 @@ enum Command {
         /// Caller port; the admin port is PORT+1.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+        #[command(flatten)]
+        log: LogArg,
     },
-    /// Probe an admin URL (exit 0 on 200): a HEALTHCHECK for images without curl.
+    /// Probe the gateway's admin /healthz (exit 0 on 200): the image's HEALTHCHECK.
+    ///
+    /// Reads server.admin_listen from the config (only the [server] table; no secret is
+    /// needed) and connects to it, on loopback when it is 0.0.0.0 or [::].
     Health {
-        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
-        url: String,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Probe this http:// URL instead of the config's admin_listen.
+        #[arg(long)]
+        url: Option<String>,
     },
 }
 
@@ -66,14 +111,24 @@ enum LogFormat {
     Pretty,
 }
 
-/// Exit code for an invalid config (`check` and `serve`).
-const EXIT_INVALID: u8 = 2;
+/// A bad command-line argument that clap cannot see (an empty key, a port out of range): exit 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(cli.config, cli.log_format),
-        Command::Check => return check(&cli.config),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help / --version print to stdout and succeed; anything else is a usage error.
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Serve(args) => serve(args.config.config, args.log.log_format),
+        Command::Check(args) => return check(&args.config),
         Command::HashKey { key } => hash_key(key),
         Command::GenKey => {
             let key = generate_key();
@@ -83,8 +138,8 @@ fn main() -> ExitCode {
             ));
             Ok(())
         }
-        Command::Demo { port } => demo_cmd(port, cli.log_format),
-        Command::Health { url } => health(&url),
+        Command::Demo { port, log } => demo_cmd(port, log.log_format),
+        Command::Health { config, url } => health(&config.config, url.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,7 +148,9 @@ fn main() -> ExitCode {
                 .downcast_ref::<gcore_gateway::config::ConfigError>()
                 .is_some()
             {
-                EXIT_INVALID
+                EXIT_INVALID_CONFIG
+            } else if e.downcast_ref::<Usage>().is_some() {
+                EXIT_USAGE
             } else {
                 1
             };
@@ -117,12 +174,19 @@ fn check(path: &std::path::Path) -> ExitCode {
                     ));
                 }
             }
+            let admin = config.server.admin_listen;
+            if !admin.ip().is_loopback() && config.server.admin_token.is_none() {
+                text.push_str(&format!(
+                    "warning: server.admin_listen {admin} is not loopback and server.admin_token_sha256 is unset: \
+                     /metrics and /admin/* answer whoever reaches that port (set a token, or restrict the port by network)\n"
+                ));
+            }
             out(&text);
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(EXIT_INVALID)
+            ExitCode::from(EXIT_INVALID_CONFIG)
         }
     }
 }
@@ -147,7 +211,9 @@ fn hash_key(key: Option<String>) -> anyhow::Result<()> {
             line.trim_end_matches(['\r', '\n']).to_string()
         }
     };
-    anyhow::ensure!(!key.is_empty(), "the key is empty");
+    if key.is_empty() {
+        return Err(Usage("the key is empty".into()).into());
+    }
     if key.len() < 16 {
         eprintln!(
             "warning: this key is shorter than 16 bytes and easy to guess; `gcore-gateway gen-key` makes a strong one"
@@ -158,33 +224,63 @@ fn hash_key(key: Option<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn health(url: &str) -> anyhow::Result<()> {
+/// `health`: GET /healthz on the admin port named by the config (or `--url`), exit 0 on 200.
+fn health(config: &std::path::Path, url: Option<&str>) -> anyhow::Result<()> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+    let (addr, authority, path) = match url {
+        Some(url) => {
+            let rest = url
+                .strip_prefix("http://")
+                .ok_or_else(|| Usage("--url must start with http://".into()))?;
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let addr = authority
+                .to_socket_addrs()
+                .with_context(|| format!("cannot resolve {authority}"))?
+                .next()
+                .with_context(|| format!("cannot resolve {authority}"))?;
+            let path = if path.is_empty() { "/" } else { path };
+            (addr, authority.to_string(), path.to_string())
+        }
+        None => {
+            let listen = Config::server_of(config)?.admin_listen;
+            anyhow::ensure!(
+                listen.port() != 0,
+                "{}: server.admin_listen has port 0; pass --url",
+                config.display()
+            );
+            // A wildcard listener is reached on loopback from inside the host or container.
+            let ip = match listen.ip() {
+                IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                ip => ip,
+            };
+            let addr = SocketAddr::new(ip, listen.port());
+            (addr, addr.to_string(), "/healthz".to_string())
+        }
+    };
+    probe(addr, &authority, &path)
+}
+
+/// One HTTP/1.1 GET with a 2 s budget per step; Ok on a 200 status line.
+fn probe(addr: std::net::SocketAddr, authority: &str, path: &str) -> anyhow::Result<()> {
     use std::io::Read;
-    use std::net::{TcpStream, ToSocketAddrs};
+    use std::net::TcpStream;
     use std::time::Duration;
-    let rest = url
-        .strip_prefix("http://")
-        .context("--url must start with http://")?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    let addr = authority
-        .to_socket_addrs()
-        .with_context(|| format!("cannot resolve {authority}"))?
-        .next()
-        .with_context(|| format!("cannot resolve {authority}"))?;
     let timeout = Duration::from_secs(2);
     let mut s = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("cannot connect to {addr}"))?;
     s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     )?;
     let mut head = [0u8; 12];
-    s.read_exact(&mut head).context("no HTTP answer")?;
+    s.read_exact(&mut head)
+        .with_context(|| format!("no HTTP answer from {addr}"))?;
     anyhow::ensure!(
         &head[9..12] == b"200",
-        "{url} answered {}",
+        "http://{authority}{path} answered {}",
         String::from_utf8_lossy(&head[9..12])
     );
     Ok(())
@@ -251,7 +347,9 @@ fn demo_cmd(port: u16, log: Option<LogFormat>) -> anyhow::Result<()> {
         let upstream = demo::start_fake_upstream()
             .await
             .context("cannot start the fake upstream")?;
-        let admin_port = port.checked_add(1).context("--port must be below 65535")?;
+        let admin_port = port
+            .checked_add(1)
+            .ok_or_else(|| Usage("--port must be below 65535".into()))?;
         let listener = server::bind(([127, 0, 0, 1], port).into())
             .with_context(|| format!("cannot listen on 127.0.0.1:{port} (use --port)"))?;
         let admin = server::bind(([127, 0, 0, 1], admin_port).into())

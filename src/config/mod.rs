@@ -60,6 +60,22 @@ impl Config {
         Self::parse(&text, &path.display().to_string(), &ProcessEnv)
     }
 
+    /// The `[server]` settings of the file at `path` (its listen addresses, timeouts, limits),
+    /// validated without resolving any secret: for `health`, which must find the admin port of
+    /// a running gateway even where its secrets are not readable.
+    pub fn server_of(path: &Path) -> Result<ServerSettings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let origin = path.display().to_string();
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            origin: origin.clone(),
+            message: one_line_toml_error(&text, &e),
+        })?;
+        Validator { origin: &origin }.server(&raw.server)
+    }
+
     /// Parses and validates TOML `text`; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str, env: &dyn SecretSource) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {

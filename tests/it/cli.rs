@@ -4,6 +4,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::Edit;
+
 const BIN: &str = env!("CARGO_BIN_EXE_gcore-gateway");
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -125,35 +127,35 @@ fn check_rejects_broken_configs_naming_the_key() {
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "unknown key",
-            good.replace("shutdown_grace =", "shutdown_grce ="),
+            good.edit("shutdown_grace =", "shutdown_grce ="),
             "shutdown_grce",
         ),
         (
             "bad duration",
-            good.replace("ttl = \"60s\"", "ttl = \"60 parsecs\""),
+            good.edit("ttl = \"60s\"", "ttl = \"60 parsecs\""),
             "cache.ttl",
         ),
         (
             "bad rate",
-            good.replace("rate = \"10/s\"", "rate = \"10/d\""),
+            good.edit("rate = \"10/s\"", "rate = \"10/d\""),
             "clients[0].rate",
         ),
         (
             "bad size",
-            good.replace("max_body = \"1MiB\"", "max_body = \"1 lots\""),
+            good.edit("max_body = \"1MiB\"", "max_body = \"1 lots\""),
             "upstream.max_body",
         ),
         (
             "plaintext key",
-            good.replace(
-                "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            good.edit(
+                "sha256:4ab34b862d83b7f44d7a1e87de1aa5415312f90b1daeec81e779f7548acbdd19",
                 "my-plaintext-team-key",
             ),
             "clients[0].keys[0]",
         ),
         (
             "unknown account",
-            good.replace(
+            good.edit(
                 "account = \"main\"\n# Optional redaction",
                 "account = \"nope\"\n# Optional redaction",
             ),
@@ -161,12 +163,12 @@ fn check_rejects_broken_configs_naming_the_key() {
         ),
         (
             "unknown profile",
-            good.replace("profile = \"minimal\"", "profile = \"nope\""),
+            good.edit("profile = \"minimal\"", "profile = \"nope\""),
             "clients[0].profile",
         ),
         (
             "unknown route",
-            good.replace(
+            good.edit(
                 "routes = [\"/iam/clients/me\"]",
                 "routes = [\"/iam/users\"]",
             ),
@@ -174,33 +176,29 @@ fn check_rejects_broken_configs_naming_the_key() {
         ),
         (
             "insecure upstream",
-            good.replace("https://api.gcore.com", "http://api.gcore.com"),
+            good.edit("https://api.gcore.com", "http://api.gcore.com"),
             "upstream.base_url",
         ),
         (
             "bad jsonpath",
-            good.replace("\"$.status\",", "\"$.status[\","),
+            good.edit("\"$.status\",", "\"$.status[\","),
             "profiles.minimal.allow[1]",
         ),
         (
             "both secrets",
-            good.replace(
+            good.edit(
                 "api_key_env = \"GCORE_API_KEY\"",
                 "api_key_env = \"GCORE_API_KEY\"\napi_key_file = \"/x\"",
             ),
             "accounts[0]",
         ),
-        (
-            "toml syntax",
-            good.replace("[server]", "[server"),
-            "line 11",
-        ),
+        ("toml syntax", good.edit("[server]", "[server"), "line 11"),
     ];
     let cases = cases.into_iter().chain([
-        ("key pasted as a string", good.replace("keys = [\"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"]", "keys = \"my-plaintext-team-key\""), "line"),
-        ("key pasted as env name", good.replace("api_key_env = \"GCORE_API_KEY\"", "api_key_env = \"1234_my-plaintext-team-key\""), "accounts[0].api_key_env"),
-        ("absurd duration", good.replace("ttl = \"60s\"", "ttl = \"500000000000y\""), "cache.ttl"),
-        ("bad redis url", good.replace("# [redis]\n# url = \"redis://127.0.0.1:6379\"", "[redis]\nurl = \"redis://:my-plaintext-team-key@127.0.0.1:notaport\""), "redis.url"),
+        ("key pasted as a string", good.edit("keys = [\"sha256:4ab34b862d83b7f44d7a1e87de1aa5415312f90b1daeec81e779f7548acbdd19\"]", "keys = \"my-plaintext-team-key\""), "line"),
+        ("key pasted as env name", good.edit("api_key_env = \"GCORE_API_KEY\"", "api_key_env = \"1234_my-plaintext-team-key\""), "accounts[0].api_key_env"),
+        ("absurd duration", good.edit("ttl = \"60s\"", "ttl = \"500000000000y\""), "cache.ttl"),
+        ("bad redis url", good.edit("# [redis]\n# url = \"redis://127.0.0.1:6379\"", "[redis]\nurl = \"redis://:my-plaintext-team-key@127.0.0.1:notaport\""), "redis.url"),
     ]);
     for (what, text, key) in cases {
         let p = temp_config(&format!("{}.toml", what.replace(' ', "_")), &text);
@@ -238,8 +236,8 @@ fn serve_refuses_an_invalid_config_and_a_busy_port() {
     let port = busy.local_addr().unwrap().port();
     let text = std::fs::read_to_string("config/gateway.toml")
         .unwrap()
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:9090", "127.0.0.1:0");
+        .edit("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        .edit("127.0.0.1:9090", "127.0.0.1:0");
     let p = temp_config("busy.toml", &text);
     let (code, _, err) = run(
         &["serve", "--config", p.to_str().unwrap()],
@@ -329,4 +327,125 @@ async fn serve_is_the_default_subcommand_and_sigint_drains() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "SIGINT drains and exits 0: {status:?}");
+}
+
+#[test]
+fn each_subcommand_takes_only_its_flags_and_usage_errors_exit_64() {
+    for args in [
+        &["demo", "--config", "/nonexistent"][..],
+        &["gen-key", "--config", "x.toml"],
+        &["hash-key", "--log-format", "json", "abc"],
+        &["check", "--log-format", "json"],
+        &["health", "--log-format", "json"],
+        &["--config", "config/gateway.toml", "check"],
+        &["no-such-command"],
+        &["--no-such-flag"],
+        &["serve", "--port", "1"],
+        &["demo", "--port", "65535"],
+        &["demo", "--port", "not-a-number"],
+        &["hash-key", ""],
+        &["health", "--url", "ftp://127.0.0.1/healthz"],
+    ] {
+        let (code, out, err) = run(args, &[("GCORE_API_KEY", "k_1")]);
+        assert_eq!(code, 64, "{args:?}: {out}{err}");
+        assert!(err.contains("error"), "{args:?}: {err}");
+    }
+    // An invalid config keeps its own code, whatever the subcommand.
+    for args in [
+        &["check", "--config", "/nonexistent/gw.toml"][..],
+        &["serve", "--config", "/nonexistent/gw.toml"],
+        &["--config", "/nonexistent/gw.toml"],
+        &["health", "--config", "/nonexistent/gw.toml"],
+    ] {
+        let (code, _, err) = run(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("/nonexistent/gw.toml"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn help_lists_the_exit_codes() {
+    let (code, out, _) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    for line in [
+        "Exit codes:",
+        "  0 ",
+        "  1 ",
+        "  2   invalid config",
+        "  64  command-line usage",
+    ] {
+        assert!(out.contains(line), "--help lacks {line:?}: {out}");
+    }
+    let (code, out, _) = run(&["--version"], &[]);
+    assert_eq!((code, out.starts_with("gcore-gateway ")), (0, true));
+}
+
+/// `health` finds the admin port in the config (a wildcard address probed on loopback), also
+/// through `GCORE_GATEWAY_CONFIG` as in the image; a closed port is exit 1.
+#[tokio::test]
+async fn health_follows_the_configs_admin_listen() {
+    let up = crate::support::FakeUpstream::start().await;
+    let (text, _, admin) = crate::support::on_free_ports(&crate::support::config(&up.url(), ""));
+    let _bin = crate::support::binary::Binary::start(&text);
+    crate::support::wait_ready(&reqwest::Client::new(), admin).await;
+    let direct = temp_config("health-direct.toml", &text);
+    let wildcard = temp_config(
+        "health-wildcard.toml",
+        &text.edit(
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+            &format!("admin_listen = \"0.0.0.0:{admin}\""),
+        ),
+    );
+    for p in [&direct, &wildcard] {
+        let (code, out, err) = run(&["health", "--config", p.to_str().unwrap()], &[]);
+        assert_eq!(code, 0, "{}: {out}{err}", p.display());
+    }
+    let status = Command::new(BIN)
+        .arg("health")
+        .env("GCORE_GATEWAY_CONFIG", &wildcard)
+        .status()
+        .unwrap();
+    assert!(status.success(), "health reads GCORE_GATEWAY_CONFIG");
+    // No secret is needed to find the admin port (the test secrets are not in this env).
+    let closed = crate::support::free_port();
+    let down = temp_config(
+        "health-down.toml",
+        &text.edit(
+            &format!("admin_listen = \"127.0.0.1:{admin}\""),
+            &format!("admin_listen = \"127.0.0.1:{closed}\""),
+        ),
+    );
+    let (code, _, err) = run(&["health", "--config", down.to_str().unwrap()], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{closed}")), "{err}");
+}
+
+#[test]
+fn check_warns_when_the_admin_port_is_reachable_without_a_token() {
+    let good = std::fs::read_to_string("config/gateway.toml").unwrap();
+    let open = good.edit(
+        "admin_listen = \"127.0.0.1:9090\"",
+        "admin_listen = \"0.0.0.0:9090\"",
+    );
+    let token = open.edit(
+        "# admin_token_sha256 = \"sha256:…\"",
+        &format!(
+            "admin_token_sha256 = \"{}\"",
+            crate::support::hash("an-admin-token-0123456789")
+        ),
+    );
+    let env = [("GCORE_API_KEY", "k_1")];
+    for (name, text, warned) in [("open", open, true), ("token", token, false)] {
+        let p = temp_config(&format!("admin-{name}.toml"), &text);
+        let (code, out, err) = run(&["check", "--config", p.to_str().unwrap()], &env);
+        assert_eq!(code, 0, "{out}{err}");
+        assert_eq!(
+            out.contains("warning: server.admin_listen 0.0.0.0:9090 is not loopback"),
+            warned,
+            "{name}: {out}"
+        );
+    }
+    let (code, out, _) = run(&["check", "--config", "config/container.toml"], &env);
+    assert_eq!(code, 0);
+    assert!(!out.contains("warning"), "{out}");
 }

@@ -17,3 +17,5 @@ mod replicas;
 mod resilience;
 mod safe_defaults;
 mod serving;
+mod shipped_config;
+mod tls_roots;

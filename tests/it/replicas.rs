@@ -5,22 +5,27 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support::binary::Binary;
 use crate::support::*;
 
 const ME: &str = "/iam/clients/me";
 
-struct Redis {
-    port: u16,
+pub(crate) struct Redis {
+    pub(crate) port: u16,
     child: Option<Child>,
 }
 
 impl Redis {
     fn start_on(port: u16) -> Redis {
-        Redis::spawn(
-            "redis-server",
-            port,
-            &["--port", &port.to_string(), "--bind", "127.0.0.1"],
-        )
+        Redis::start_with(port, &[])
+    }
+
+    /// redis-server on `port` with `extra` arguments.
+    pub(crate) fn start_with(port: u16, extra: &[&str]) -> Redis {
+        let port_arg = port.to_string();
+        let mut args = vec!["--port", port_arg.as_str(), "--bind", "127.0.0.1"];
+        args.extend_from_slice(extra);
+        Redis::spawn("redis-server", port, &args)
     }
 
     /// Starts `program` (redis-server or redis-sentinel) with `args`, listening on `port`.
@@ -905,4 +910,130 @@ async fn a_reload_that_changes_an_accounts_key_empties_that_account_everywhere()
     }
     g1.stop().await;
     g2.stop().await;
+}
+
+/// `[redis]` with `url_env` or `url_file` instead of `url`: the file's trailing newline is
+/// ignored, and the URL (with its password) never reaches the log, even at debug level.
+#[tokio::test]
+async fn the_redis_url_comes_from_env_or_file_and_is_never_logged() {
+    const PASSWORD: &str = "redisPassw0rdNeverLogged";
+    let redis = Redis::start_with(free_port(), &["--requirepass", PASSWORD]);
+    let url = format!("redis://:{PASSWORD}@127.0.0.1:{}", redis.port);
+    let up = FakeUpstream::start().await;
+    let file = std::env::temp_dir().join(format!("gcore-gateway-redis-url-{}", std::process::id()));
+    std::fs::write(&file, format!("{url}\n")).unwrap();
+    let http = reqwest::Client::new();
+    for source in [
+        "url_env = \"TEST_REDIS_URL\"".to_string(),
+        format!("url_file = \"{}\"", file.display()),
+    ] {
+        let text = config(
+            &up.url(),
+            &format!("[redis]\n{source}\ntimeout = \"500ms\"\n"),
+        );
+        let (text, _, admin) = on_free_ports(&text);
+        let bin = Binary::start_with(&text, &[("TEST_REDIS_URL", &url), ("RUST_LOG", "debug")]);
+        wait_ready(&http, admin).await;
+        let mut connected = false;
+        for _ in 0..200 {
+            let m = http
+                .get(format!("http://127.0.0.1:{admin}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if m.lines().any(|l| l == "gateway_redis_up 1") {
+                connected = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(connected, "{source}: the gateway did not connect to Redis");
+        let r = http
+            .get(bin.url(ME))
+            .header("authorization", format!("APIKey {KEY_ALPHA}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{source}");
+        let log = bin.stderr.lock().unwrap().clone();
+        assert!(!log.is_empty());
+        assert!(
+            !log.contains(PASSWORD),
+            "{source}: the Redis password was logged"
+        );
+    }
+    let _ = std::fs::remove_file(&file);
+}
+
+/// Exactly one of `url`, `url_env`, `url_file`; every error is one line naming the key and
+/// never quoting the URL (it may hold a password).
+#[test]
+fn the_redis_url_source_is_exactly_one_and_errors_name_the_key() {
+    use gcore_gateway::config::Config;
+    let base = config("http://127.0.0.1:9", "");
+    let secret = "pw-in-the-url-0123456789";
+    let mut env = secrets();
+    env.insert("GOOD_URL".into(), "redis://127.0.0.1:6379\n".into());
+    env.insert("BAD_URL".into(), format!("http://:{secret}@127.0.0.1:6379"));
+    let missing_file = "/nonexistent/gcore-gateway/redis_url";
+    let file =
+        std::env::temp_dir().join(format!("gcore-gateway-redis-url-ok-{}", std::process::id()));
+    std::fs::write(&file, "  redis://127.0.0.1:6379\n").unwrap();
+    let ok_file = format!("url_file = \"{}\"", file.display());
+    let parse = |redis: &str| {
+        Config::parse(&format!("{base}\n[redis]\n{redis}\n"), "t.toml", &env)
+            .map(|c| c.redis.is_some())
+    };
+    // Accepted: each source alone (surrounding whitespace of the value ignored).
+    for good in [
+        "url = \"redis://127.0.0.1:6379\"",
+        "url_env = \"GOOD_URL\"",
+        ok_file.as_str(),
+    ] {
+        assert_eq!(parse(good).ok(), Some(true), "{good}");
+    }
+    let cases: Vec<(String, &str)> = vec![
+        (
+            "key_prefix = \"x:\"".into(),
+            "redis: set exactly one of url / url_env / url_file",
+        ),
+        (
+            "url = \"redis://127.0.0.1:6379\"\nurl_env = \"GOOD_URL\"".into(),
+            "redis: set exactly one of url / url_env / url_file",
+        ),
+        (
+            format!("url_env = \"GOOD_URL\"\n{ok_file}"),
+            "redis: set exactly one of url / url_env / url_file",
+        ),
+        (
+            "url_env = \"UNSET_REDIS_URL\"".into(),
+            "redis.url_env: environment variable UNSET_REDIS_URL is not set",
+        ),
+        (format!("url_env = \"{secret}\""), "redis.url_env"),
+        (
+            "url_env = \"BAD_URL\"".into(),
+            "redis.url_env: must start with redis:// or rediss://",
+        ),
+        (
+            format!("url_file = \"{missing_file}\""),
+            "redis.url_file: cannot read the file",
+        ),
+        (
+            format!("url = \"redis://:{secret}@127.0.0.1:notaport\""),
+            "redis.url",
+        ),
+    ];
+    for (redis, want) in cases {
+        let err = parse(&redis).expect_err(&redis).to_string();
+        assert!(err.contains(want), "{redis}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            !err.contains(secret),
+            "{redis}: the error quotes a secret: {err}"
+        );
+    }
+    let _ = std::fs::remove_file(&file);
 }

@@ -222,13 +222,17 @@ async fn recovery_to_fresh_data_after_the_upstream_heals() {
 #[tokio::test]
 async fn stale_while_revalidate_makes_one_background_call() {
     let up = FakeUpstream::start().await;
-    let cfg = resilient(&up).edit(
-        "stale_while_revalidate = \"0s\"",
-        "stale_while_revalidate = \"30s\"",
-    );
+    // A TTL of 1 s (not resilient()'s 200 ms) leaves a loaded machine room between the
+    // refresh and the last request, which must find the refreshed copy still fresh.
+    let cfg = resilient(&up)
+        .edit(
+            "stale_while_revalidate = \"0s\"",
+            "stale_while_revalidate = \"30s\"",
+        )
+        .edit("ttl = \"200ms\"", "ttl = \"1s\"");
     let gw = Harness::start(&cfg).await;
     assert_eq!(gw.get(ME, KEY_ALPHA).await.status(), 200);
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
     up.set_version("A", 2);
     up.set_delay(Duration::from_millis(200));
     let started = std::time::Instant::now();
