@@ -7,6 +7,7 @@ mod support;
 
 mod cli;
 mod hostile;
+mod keys;
 mod observability;
 mod prop_parsers;
 mod prop_redact;
