@@ -680,3 +680,210 @@ async fn calls_caused_and_avoided_in_a_coalesced_storm_of_two_teams() {
     }
     gw.stop().await;
 }
+
+// --- The operator kit in deploy/ -------------------------------------------------------------
+
+const RULES: &str = "deploy/prometheus/gcore-gateway.rules.yml";
+const RULES_TEST: &str = "deploy/prometheus/gcore-gateway.rules.test.yml";
+const PROMETHEUS_RULE: &str = "deploy/k8s/monitoring/prometheusrule.yaml";
+const DASHBOARD: &str = "deploy/grafana/gcore-gateway.json";
+const SYSTEMD_UNIT: &str = "deploy/systemd/gcore-gateway.service";
+
+/// Runs `tool args`; `None` (after printing why) when the tool is not installed.
+fn run_tool(tool: &str, args: &[&str]) -> Option<std::process::Output> {
+    match Command::new(tool).args(args).output() {
+        Ok(out) => Some(out),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("SKIPPED: {tool} is not on PATH ({tool} {})", args.join(" "));
+            None
+        }
+        Err(e) => panic!("cannot run {tool}: {e}"),
+    }
+}
+
+fn assert_success(what: &str, out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `promtool check rules` and the rules' unit tests (`promtool test rules`), when promtool is
+/// installed (Debian: `apt-get install prometheus`).
+#[test]
+fn alert_rules_pass_promtool() {
+    let Some(out) = run_tool("promtool", &["check", "rules", RULES]) else {
+        return;
+    };
+    assert_success("promtool check rules", &out);
+    let out = run_tool("promtool", &["test", "rules", RULES_TEST]).unwrap();
+    assert_success("promtool test rules", &out);
+}
+
+/// Every expression of the Grafana dashboard is valid PromQL: they are wrapped into recording
+/// rules (JSON is YAML) with Grafana's variables filled in, and checked by promtool.
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap();
+    let mut rules = Vec::new();
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let mut expr = t["expr"].as_str().unwrap().to_string();
+            for (var, value) in [
+                ("$__rate_interval", "1m"),
+                ("$__range", "1h"),
+                ("$job", ".*"),
+                ("$instance", ".*"),
+                ("$client", ".*"),
+                ("$account", ".*"),
+            ] {
+                expr = expr.replace(var, value);
+            }
+            assert!(!expr.contains('$'), "unknown variable in {expr}");
+            rules.push(serde_json::json!({
+                "record": format!("panel_{}_{}", panel["id"], t["refId"].as_str().unwrap()),
+                "expr": expr,
+            }));
+        }
+    }
+    let file = std::env::temp_dir().join(format!("gcore-gateway-dash-{}.json", std::process::id()));
+    let doc = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let out = run_tool("promtool", &["check", "rules", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    if let Some(out) = out {
+        assert_success("promtool check rules (dashboard queries)", &out);
+    }
+}
+
+/// The PrometheusRule is the plain rules file's `groups:`, indented by two spaces.
+#[test]
+fn the_prometheus_rule_holds_the_same_rules_as_the_plain_file() {
+    let plain = std::fs::read_to_string(RULES).unwrap();
+    let wrapped = std::fs::read_to_string(PROMETHEUS_RULE).unwrap();
+    let groups = &plain[plain.find("\ngroups:").expect("groups: in the rules file") + 1..];
+    let spec = &wrapped[wrapped
+        .find("\nspec:\n")
+        .expect("spec: in the PrometheusRule")
+        + 7..];
+    let unindented: String = spec
+        .lines()
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        unindented.trim_end(),
+        groups.trim_end(),
+        "{PROMETHEUS_RULE} differs from {RULES}"
+    );
+    assert!(wrapped.contains("kind: PrometheusRule"));
+}
+
+/// Every `gateway_*` metric the alert rules and the dashboard use is one the gateway registers
+/// (a typo would make an alert that never fires). Names are taken from the registry's source,
+/// since a family without samples yet (no circuit opened, no Redis) is not exposed. The TLS
+/// certificate gauge is registered once server TLS lands.
+#[test]
+fn alerts_and_dashboard_use_only_metrics_the_gateway_registers() {
+    let source = std::fs::read_to_string("src/metrics.rs").unwrap();
+    let families: Vec<&str> = source
+        .split('"')
+        .filter(|s| s.starts_with("gateway_") && !s.contains(' '))
+        .collect();
+    assert!(families.contains(&"gateway_requests"), "{families:?}");
+    for file in [RULES, DASHBOARD] {
+        let text = std::fs::read_to_string(file).unwrap();
+        let mut used: Vec<&str> = text
+            .match_indices("gateway_")
+            .map(|(i, _)| {
+                let rest = &text[i..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                &rest[..end]
+            })
+            .collect();
+        used.sort_unstable();
+        used.dedup();
+        assert!(used.len() > 5, "{file}: {used:?}");
+        for name in used {
+            if name == "gateway_tls_cert_expiry_timestamp_seconds" {
+                continue;
+            }
+            let family = ["_total", "_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(
+                families.contains(&family),
+                "{file} uses {name}, which the gateway does not export"
+            );
+        }
+    }
+}
+
+/// The systemd unit reloads with SIGHUP, and `systemd-analyze verify` accepts it (pointed at
+/// the binary under test) without a warning, when systemd-analyze is installed.
+#[test]
+fn the_systemd_unit_reloads_with_sighup_and_verifies() {
+    let unit = std::fs::read_to_string(SYSTEMD_UNIT).unwrap();
+    assert!(
+        unit.lines()
+            .any(|l| l == "ExecReload=/bin/kill -HUP $MAINPID"),
+        "{unit}"
+    );
+    assert!(unit.contains("ExecStart=/usr/local/bin/gcore-gateway serve --config "));
+    let dir = std::env::temp_dir().join(format!("gcore-gateway-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gcore-gateway.service");
+    // The env file exists only on an installed host: optional ("-") for the check.
+    let local = unit
+        .edit("/usr/local/bin/gcore-gateway", BIN)
+        .edit("EnvironmentFile=/etc/", "EnvironmentFile=-/etc/");
+    std::fs::write(&path, local).unwrap();
+    let out = run_tool("systemd-analyze", &["verify", path.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(out) = out {
+        assert_success("systemd-analyze verify", &out);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.trim().is_empty(), "systemd-analyze warns: {stderr}");
+    }
+}
+
+/// The monitoring kustomization builds, and its ServiceMonitor selects the admin Service by its
+/// labels and port name.
+#[test]
+fn the_monitoring_kustomization_builds_and_selects_the_admin_service() {
+    let service = std::fs::read_to_string("deploy/k8s/service.yaml").unwrap();
+    let admin = &service[service.find("name: gcore-gateway-admin").unwrap()..];
+    for needle in [
+        "app.kubernetes.io/component: gateway-admin",
+        "- name: admin",
+    ] {
+        assert!(admin.contains(needle), "admin Service lost {needle}");
+    }
+    let monitor = std::fs::read_to_string("deploy/k8s/monitoring/servicemonitor.yaml").unwrap();
+    for needle in [
+        "app.kubernetes.io/name: gcore-gateway",
+        "app.kubernetes.io/component: gateway-admin",
+        "- port: admin",
+        "path: /metrics",
+    ] {
+        assert!(monitor.contains(needle), "ServiceMonitor lacks {needle}");
+    }
+    let Some(out) = run_tool("kubectl", &["kustomize", "deploy/k8s/monitoring"]) else {
+        return;
+    };
+    assert_success("kubectl kustomize deploy/k8s/monitoring", &out);
+    let built = String::from_utf8_lossy(&out.stdout);
+    for kind in [
+        "kind: ServiceMonitor",
+        "kind: PrometheusRule",
+        "namespace: gcore-gateway",
+    ] {
+        assert!(built.contains(kind), "{kind} missing: {built}");
+    }
+}
