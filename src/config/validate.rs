@@ -21,8 +21,8 @@ use crate::upstream::{Account, UpstreamKey, UpstreamSettings};
 /// TTL, window or timeout of a gateway needs more.
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// Items in config order plus an index from a lookup key to their position.
-type Table<T, K> = (Vec<Arc<T>>, HashMap<K, usize>);
+/// Items in config order plus an index from a lookup key to their position (or to `V`).
+type Table<T, K, V = usize> = (Vec<Arc<T>>, HashMap<K, V>);
 
 pub(super) struct Validator<'a> {
     pub(super) origin: &'a str,
@@ -357,7 +357,7 @@ impl Validator<'_> {
         routes: &HashMap<Arc<str>, usize>,
         profiles: &HashMap<String, usize>,
         route_count: usize,
-    ) -> Result<(Vec<Arc<Client>>, HashMap<KeyHash, KeyRef>), ConfigError> {
+    ) -> Result<Table<Client, KeyHash, KeyRef>, ConfigError> {
         let mut out = Vec::with_capacity(raw.len());
         let mut keys = HashMap::new();
         let mut names = HashSet::new();
