@@ -3,7 +3,8 @@
 //! Served only on `server.admin_listen`, never on the caller port. When
 //! `server.admin_token_sha256` is set, every route but `/healthz` and `/readyz` needs
 //! `Authorization: Bearer <token>` (compared by hash, in constant time). Answers never contain
-//! bodies, keys or key hashes.
+//! bodies, keys or key hashes: `/admin/clients` names each key by its id, or by `sha256:` and
+//! the first 8 hex digits of its hash.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -148,6 +149,7 @@ async fn reload(State(gw): State<Arc<Gateway>>) -> Response {
 
 async fn clients(State(gw): State<Arc<Gateway>>) -> Response {
     let rt = gw.current();
+    let now_ms = crate::units::unix_ms(std::time::SystemTime::now());
     let list: Vec<_> = rt
         .config
         .clients
@@ -155,6 +157,23 @@ async fn clients(State(gw): State<Arc<Gateway>>) -> Response {
         .zip(&rt.clients)
         .map(|(c, r)| {
             let last = r.usage.last_seen.load(Ordering::Relaxed);
+            let keys: Vec<_> = c
+                .keys
+                .iter()
+                .zip(&r.keys)
+                .map(|(k, u)| {
+                    let last_used = u.last_used_ms.load(Ordering::Relaxed);
+                    json!({
+                        "id": &*k.label,
+                        "expires": k.expires.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                        "expired": k.expired_at(now_ms),
+                        "requests": u.requests.load(Ordering::Relaxed),
+                        "last_used": (last_used > 0).then(|| rfc3339_ms(last_used)),
+                        "last_used_unix_ms": (last_used > 0).then_some(last_used),
+                        "expired_refused": u.expired_refused.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
             json!({
                 "name": &*c.name,
                 "account": &*rt.config.accounts[c.account].name,
@@ -165,10 +184,19 @@ async fn clients(State(gw): State<Arc<Gateway>>) -> Response {
                 "hits": r.usage.hits.load(Ordering::Relaxed),
                 "rate_limited": r.usage.rate_limited.load(Ordering::Relaxed),
                 "last_seen_unix": (last > 0).then_some(last),
+                "upstream_calls_caused": r.calls_caused.get(),
+                "upstream_calls_avoided": r.calls_avoided.get(),
+                "keys": keys,
             })
         })
         .collect();
     Json(json!({ "clients": list })).into_response()
+}
+
+/// Unix milliseconds as RFC 3339 with milliseconds (`2027-03-31T09:15:02.123Z`).
+fn rfc3339_ms(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 async fn cache(State(gw): State<Arc<Gateway>>) -> Response {

@@ -123,8 +123,9 @@ fn trim(mut v: &[u8]) -> &[u8] {
     v
 }
 
-/// Looks a plaintext key up among the configured hashes; returns the client index.
-pub fn lookup(keys: &std::collections::HashMap<KeyHash, usize>, key: &[u8]) -> Option<usize> {
+/// Looks a plaintext key up among the configured hashes; returns what the map holds for it
+/// (the gateway's map holds the client and which of its keys).
+pub fn lookup<V: Copy>(keys: &std::collections::HashMap<KeyHash, V>, key: &[u8]) -> Option<V> {
     let hash = KeyHash::of(key);
     // The map finds the candidate by hash; the final equality is checked in constant time so
     // that no comparison in our code depends on how much of the hash matched.

@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use gcore_gateway::auth::{generate_key, KeyHash};
+use gcore_gateway::config::raw::key_table_line;
 use gcore_gateway::config::Config;
 use gcore_gateway::{demo, server};
 use gcore_gateway::{ConfigSource, Gateway};
@@ -82,8 +83,17 @@ enum Command {
     Check(ConfigArg),
     /// Print sha256:<hex> of KEY (or of one line read from stdin) for clients.keys.
     HashKey { key: Option<String> },
-    /// Print a new random caller key and its sha256: hash.
-    GenKey,
+    /// Print a new random caller key and its sha256: hash (with --id: the clients.keys line).
+    GenKey {
+        /// Key id (1-64 of A-Z a-z 0-9 - _ .): also prints the ready-to-paste clients.keys
+        /// table line `{ id, hash, expires }`.
+        #[arg(long, value_parser = key_id)]
+        id: Option<String>,
+        /// When the key stops working: RFC 3339 in UTC (2027-03-31T00:00:00Z) or a date
+        /// (2027-03-31, meaning 00:00 UTC). Needs --id.
+        #[arg(long, requires = "id", value_parser = gcore_gateway::units::timestamp)]
+        expires: Option<std::time::SystemTime>,
+    },
     /// Run a fake Gcore upstream and the gateway in front of it, on loopback.
     Demo {
         /// Caller port; the admin port is PORT+1.
@@ -130,12 +140,17 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args.config.config, args.log.log_format),
         Command::Check(args) => return check(&args.config),
         Command::HashKey { key } => hash_key(key),
-        Command::GenKey => {
+        Command::GenKey { id, expires } => {
             let key = generate_key();
-            out(&format!(
-                "key:  {key}\nhash: {}\n",
-                KeyHash::of(key.as_bytes())
-            ));
+            let hash = KeyHash::of(key.as_bytes()).to_string();
+            let mut text = format!("key:  {key}\nhash: {hash}\n");
+            if let Some(id) = id {
+                text.push_str(&format!(
+                    "# for clients.keys:\n{},\n",
+                    key_table_line(&id, &hash, expires)
+                ));
+            }
+            out(&text);
             Ok(())
         }
         Command::Demo { port, log } => demo_cmd(port, log.log_format),
@@ -181,6 +196,9 @@ fn check(path: &std::path::Path) -> ExitCode {
                      /metrics and /admin/* answer whoever reaches that port (set a token, or restrict the port by network)\n"
                 ));
             }
+            for warning in config.warnings(std::time::SystemTime::now()) {
+                text.push_str(&format!("warning: {warning}\n"));
+            }
             out(&text);
             ExitCode::SUCCESS
         }
@@ -189,6 +207,11 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::from(EXIT_INVALID_CONFIG)
         }
     }
+}
+
+/// `--id` of gen-key: the rules of `clients.keys[].id`.
+fn key_id(s: &str) -> Result<String, String> {
+    gcore_gateway::config::check_key_id(s).map(|()| s.to_string())
 }
 
 /// Writes to stdout, ignoring a closed pipe (`check | head -1` must not panic).

@@ -44,6 +44,14 @@ pub struct ClientLabel {
     pub client: Arc<str>,
 }
 
+/// Labels of `gateway_client_key_expiry_timestamp_seconds`: the client and the key's label (its
+/// id, or `sha256:` + 8 hex digits; never the key).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyLabels {
+    pub client: Arc<str>,
+    pub key: Arc<str>,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -116,6 +124,14 @@ pub struct Metrics {
     pub l2_hits: Counter,
     /// `gateway_l2_rejected_total`.
     pub l2_rejected: Counter,
+    /// `gateway_client_key_expiry_timestamp_seconds`: set from the config at load and reload.
+    pub client_key_expiry: Family<KeyLabels, Gauge>,
+    /// `gateway_account_key_expiry_timestamp_seconds`: set from the config at load and reload.
+    pub account_key_expiry: Family<AccountLabel, Gauge>,
+    /// `gateway_upstream_calls_caused_total`.
+    pub upstream_calls_caused: Family<ClientLabel, Counter>,
+    /// `gateway_upstream_calls_avoided_total`.
+    pub upstream_calls_avoided: Family<ClientLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -250,6 +266,30 @@ impl Metrics {
             "Shared cache values ignored because they were not intact (HMAC) or not JSON",
             l2_rejected.clone(),
         );
+        let client_key_expiry = Family::<KeyLabels, Gauge>::default();
+        registry.register(
+            "gateway_client_key_expiry_timestamp_seconds",
+            "When a team key stops working (Unix seconds), for keys with an expiry date",
+            client_key_expiry.clone(),
+        );
+        let account_key_expiry = Family::<AccountLabel, Gauge>::default();
+        registry.register(
+            "gateway_account_key_expiry_timestamp_seconds",
+            "When an account's Gcore key expires (Unix seconds), where accounts.expires is set",
+            account_key_expiry.clone(),
+        );
+        let upstream_calls_caused = Family::<ClientLabel, Counter>::default();
+        registry.register(
+            "gateway_upstream_calls_caused",
+            "Upstream HTTP calls (retries included) made by fetches this client's requests started",
+            upstream_calls_caused.clone(),
+        );
+        let upstream_calls_avoided = Family::<ClientLabel, Counter>::default();
+        registry.register(
+            "gateway_upstream_calls_avoided",
+            "This client's requests answered without an upstream call of their own (hits, stale, coalesced waiters, other replicas' fetches)",
+            upstream_calls_avoided.clone(),
+        );
         registry.register(
             "gateway_log_dropped",
             "Access log lines dropped because the log sink was slower than the traffic",
@@ -283,6 +323,10 @@ impl Metrics {
             redis_fallback,
             l2_hits,
             l2_rejected,
+            client_key_expiry,
+            account_key_expiry,
+            upstream_calls_caused,
+            upstream_calls_avoided,
         }
     }
 

@@ -1,10 +1,12 @@
-//! Parsers for the config's unit-bearing strings: humantime durations, byte sizes and rates.
+//! Parsers for the config's unit-bearing strings: humantime durations, byte sizes, rates and
+//! RFC 3339 dates (key expiry), plus the one conversion of a wall-clock time to Unix
+//! milliseconds that the request path compares expiry dates with.
 //!
 //! Each parser returns a plain `String` error; the caller (config validation) prefixes the
 //! config key so the message names what is wrong. Nothing here touches the request path.
 
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
@@ -106,9 +108,56 @@ pub fn rate(s: &str) -> Result<Rate, String> {
     Ok(Rate { count, per })
 }
 
+/// Parses a date in UTC: RFC 3339 (`2027-06-30T00:00:00Z`; fractions allowed, `T` or a space,
+/// `Z` or `+00:00` or nothing) or a plain date (`2027-06-30`, meaning 00:00 UTC). Offsets other
+/// than UTC are refused rather than guessed. The value is not quoted in the error (it sits
+/// next to key hashes, where a pasted key must not reach a log).
+pub fn timestamp(s: &str) -> Result<SystemTime, String> {
+    let s = s.trim();
+    let parsed = if s.len() == "2027-06-30".len() {
+        humantime::parse_rfc3339(&format!("{s}T00:00:00Z"))
+    } else {
+        humantime::parse_rfc3339_weak(s)
+    };
+    parsed.map_err(|_| {
+        "invalid date: expected RFC 3339 in UTC, e.g. \"2027-06-30T00:00:00Z\" (or \"2027-06-30\", meaning 00:00 UTC)"
+            .to_string()
+    })
+}
+
+/// `t` as milliseconds since the Unix epoch (0 before it, saturating far after it).
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().min(u64::MAX as u128) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps() {
+        let day = |s| unix_ms(timestamp(s).unwrap()) / 1000;
+        assert_eq!(day("2027-03-31T00:00:00Z"), 1_806_451_200);
+        assert_eq!(day("2027-03-31"), 1_806_451_200);
+        assert_eq!(day("2027-03-31 00:00:00"), 1_806_451_200);
+        assert_eq!(day("2027-03-31T00:00:00+00:00"), 1_806_451_200);
+        assert_eq!(
+            unix_ms(timestamp("2027-03-31T00:00:00.250Z").unwrap()) % 1000,
+            250
+        );
+        for bad in [
+            "tomorrow",
+            "2027-03-31T00:00:00+02:00",
+            "2027-13-01",
+            "31.03.2027",
+            "",
+        ] {
+            assert!(timestamp(bad).is_err(), "{bad}");
+        }
+        assert!(!timestamp("gk_secret").unwrap_err().contains("gk_secret"));
+        assert_eq!(unix_ms(UNIX_EPOCH), 0);
+    }
 
     #[test]
     fn sizes() {

@@ -3,15 +3,18 @@
 //! [`raw`] holds what serde reads; `validate` turns it into [`Config`], the form the gateway
 //! runs on (`model`): durations and sizes parsed, caller-key hashes decoded into a map, routes
 //! in a table, JSONPaths compiled, account secrets resolved into `UpstreamKey`s. Every error
-//! names the config key at fault and never quotes a secret. Runtime state (limiters, cache)
-//! lives elsewhere; this module only describes what the operator asked for.
+//! names the config key at fault and never quotes a secret. `warnings` lists what a valid
+//! config should still tell its operator (keys expiring soon). Runtime state (limiters,
+//! cache, key usage) lives elsewhere; this module only describes what the operator asked for.
 
 mod model;
 pub mod raw;
 mod validate;
+mod warnings;
 
 pub use crate::units;
 pub use model::*;
+pub use warnings::EXPIRY_WARNING;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -182,10 +185,7 @@ impl Config {
     }
 
     fn key_count(&self, client: usize) -> usize {
-        self.key_to_client
-            .values()
-            .filter(|c| **c == client)
-            .count()
+        self.clients[client].keys.len()
     }
 
     /// How long past its TTL an entry can still be served (the larger stale window).
@@ -206,6 +206,12 @@ impl Config {
             .unwrap_or(self.cache.ttl);
         ttl + self.stale_windows()
     }
+}
+
+/// Checks a key id (`clients.keys[].id`, `gen-key --id`): 1-64 characters from `A-Z a-z 0-9
+/// - _ .` (it ends up in metric labels and logs).
+pub fn check_key_id(id: &str) -> Result<(), String> {
+    validate::check_name(id)
 }
 
 /// Squeezes toml's multi-line error into one line: "line L, column C: message".

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -145,6 +145,41 @@ pub struct Client {
     pub burst: u32,
     /// `allowed_routes[route.index]`; every route when the client lists none.
     pub allowed_routes: Vec<bool>,
+    /// `clients.keys`, in config order.
+    pub keys: Vec<ClientKey>,
+}
+
+/// One caller key of a client (`clients.keys`), as the request path needs it.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    /// SHA-256 of the key.
+    pub hash: KeyHash,
+    /// How logs, metrics and `/admin/clients` name the key: its configured id, else `sha256:`
+    /// and the first 8 hex digits of its hash. Never the key.
+    pub label: Arc<str>,
+    /// Whether `label` is a configured id.
+    pub has_id: bool,
+    /// When the key stops working, if it does.
+    pub expires: Option<SystemTime>,
+    /// `expires` in Unix milliseconds, `u64::MAX` when the key never expires: the request
+    /// path compares one integer with the clock.
+    pub expires_unix_ms: u64,
+}
+
+impl ClientKey {
+    /// Whether the key is expired at `now_unix_ms` (expired from its `expires` instant on).
+    pub fn expired_at(&self, now_unix_ms: u64) -> bool {
+        now_unix_ms >= self.expires_unix_ms
+    }
+}
+
+/// Where a caller key belongs: `Config::clients[client].keys[key]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRef {
+    /// Index into [`Config::clients`].
+    pub client: usize,
+    /// Index into that client's [`Client::keys`].
+    pub key: usize,
 }
 
 /// The validated runtime configuration.
@@ -170,8 +205,8 @@ pub struct Config {
     pub profiles: Vec<Arc<Profile>>,
     /// `[[clients]]`, in config order.
     pub clients: Vec<Arc<Client>>,
-    /// Client index by caller-key hash.
-    pub key_to_client: HashMap<KeyHash, usize>,
+    /// Client and key by caller-key hash.
+    pub key_to_client: HashMap<KeyHash, KeyRef>,
 }
 
 /// Where account secrets come from: the process environment in production, a map in tests.

@@ -207,10 +207,77 @@ pub struct RawRoute {
 #[serde(deny_unknown_fields)]
 pub struct RawClient {
     pub name: String,
-    pub keys: Vec<String>,
+    pub keys: Vec<RawKey>,
     pub account: String,
     pub profile: Option<String>,
     pub rate: Option<String>,
     pub burst: Option<u32>,
     pub routes: Option<Vec<String>>,
+}
+
+/// One entry of `clients.keys`: a plain `"sha256:…"` string (no id, never expires) or a table
+/// `{ id, hash, expires }`. Deserialized by hand so that a wrong shape gets a message naming
+/// both accepted forms (serde's untagged enums only say "did not match any variant").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawKey {
+    /// `"sha256:<64 hex>"`.
+    Plain(String),
+    /// `{ id = "…", hash = "sha256:…", expires = "…" }`.
+    Table(RawKeyTable),
+}
+
+/// The table form of a `clients.keys` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyTable {
+    /// Names the key in logs, metrics and `/admin/clients`; unique within the client.
+    pub id: String,
+    /// `sha256:<64 hex>` of the key.
+    pub hash: String,
+    /// RFC 3339 (UTC): from then on the key is refused like an unknown key.
+    pub expires: Option<String>,
+}
+
+impl RawKey {
+    /// The `hash` of either form.
+    pub fn hash(&self) -> &str {
+        match self {
+            RawKey::Plain(h) => h,
+            RawKey::Table(t) => &t.hash,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                // No double quotes: parser messages have quoted parts cut out (they may be keys).
+                f.write_str("a key hash `sha256:<64 hex>` or a table `{ id, hash, expires }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawKey, E> {
+                Ok(RawKey::Plain(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawKey, A::Error> {
+                RawKeyTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawKey::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The `clients.keys` table line for a key `hash` named `id`, expiring at `expires` (as
+/// `gen-key --id … --expires …` prints it, ready to paste).
+pub fn key_table_line(id: &str, hash: &str, expires: Option<std::time::SystemTime>) -> String {
+    // Ids are validated names (no quotes or backslashes), hashes are hex: nothing to escape.
+    match expires {
+        Some(t) => format!(
+            "{{ id = \"{id}\", hash = \"{hash}\", expires = \"{}\" }}",
+            humantime::format_rfc3339_seconds(t)
+        ),
+        None => format!("{{ id = \"{id}\", hash = \"{hash}\" }}"),
+    }
 }

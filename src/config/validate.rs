@@ -21,8 +21,8 @@ use crate::upstream::{Account, UpstreamKey, UpstreamSettings};
 /// TTL, window or timeout of a gateway needs more.
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// Items in config order plus an index from a lookup key to their position.
-type Table<T, K> = (Vec<Arc<T>>, HashMap<K, usize>);
+/// Items in config order plus an index from a lookup key to their position (or to `V`).
+type Table<T, K, V = usize> = (Vec<Arc<T>>, HashMap<K, V>);
 
 pub(super) struct Validator<'a> {
     pub(super) origin: &'a str,
@@ -300,16 +300,7 @@ impl Validator<'_> {
         key: &str,
         s: &str,
     ) -> Result<std::time::SystemTime, ConfigError> {
-        humantime::parse_rfc3339_weak(s.trim_end_matches('Z').trim_end_matches('z'))
-            .or_else(|_| humantime::parse_rfc3339(s))
-            .map_err(|_| {
-                self.err(
-                    key,
-                    format!(
-                        "invalid date {s:?}: expected RFC 3339 in UTC, e.g. 2027-06-30T00:00:00Z"
-                    ),
-                )
-            })
+        units::timestamp(s).map_err(|m| self.err(key, m))
     }
 
     pub(super) fn accounts(
@@ -426,7 +417,7 @@ impl Validator<'_> {
         routes: &HashMap<Arc<str>, usize>,
         profiles: &HashMap<String, usize>,
         route_count: usize,
-    ) -> Result<Table<Client, KeyHash>, ConfigError> {
+    ) -> Result<Table<Client, KeyHash, KeyRef>, ConfigError> {
         let mut out = Vec::with_capacity(raw.len());
         let mut keys = HashMap::new();
         let mut names = HashSet::new();
@@ -460,15 +451,27 @@ impl Validator<'_> {
             if c.keys.is_empty() {
                 return Err(self.err(format!("{at}.keys"), "needs at least one key hash"));
             }
-            for (k, key) in c.keys.iter().enumerate() {
-                let hash =
-                    KeyHash::parse(key).map_err(|m| self.err(format!("{at}.keys[{k}]"), m))?;
-                if let Some(other) = keys.insert(hash, i) {
+            let mut client_keys = Vec::with_capacity(c.keys.len());
+            for (k, raw_key) in c.keys.iter().enumerate() {
+                let key = self.client_key(&format!("{at}.keys[{k}]"), raw_key, &client_keys)?;
+                let here = KeyRef {
+                    client: i,
+                    key: client_keys.len(),
+                };
+                if let Some(other) = keys.insert(key.hash, here) {
+                    let field = match raw_key {
+                        raw::RawKey::Plain(_) => format!("{at}.keys[{k}]"),
+                        raw::RawKey::Table(_) => format!("{at}.keys[{k}].hash"),
+                    };
                     return Err(self.err(
-                        format!("{at}.keys[{k}]"),
-                        format!("the same key is already listed for {:?}", raw[other].name),
+                        field,
+                        format!(
+                            "the same key is already listed for {:?}",
+                            raw[other.client].name
+                        ),
                     ));
                 }
+                client_keys.push(key);
             }
             let rate = c
                 .rate
@@ -508,14 +511,57 @@ impl Validator<'_> {
                 rate,
                 burst,
                 allowed_routes,
+                keys: client_keys,
             }));
         }
         Ok((out, keys))
     }
+
+    /// One `clients.keys` entry at `at`; `earlier` are the client's keys before it (ids are
+    /// unique within a client).
+    fn client_key(
+        &self,
+        at: &str,
+        raw_key: &raw::RawKey,
+        earlier: &[ClientKey],
+    ) -> Result<ClientKey, ConfigError> {
+        let (hash, id, expires) = match raw_key {
+            raw::RawKey::Plain(h) => (KeyHash::parse(h).map_err(|m| self.err(at, m))?, None, None),
+            raw::RawKey::Table(t) => {
+                let hash =
+                    KeyHash::parse(&t.hash).map_err(|m| self.err(format!("{at}.hash"), m))?;
+                check_name(&t.id).map_err(|m| self.err(format!("{at}.id"), m))?;
+                if earlier.iter().any(|e| e.has_id && *e.label == *t.id) {
+                    return Err(self.err(
+                        format!("{at}.id"),
+                        format!("duplicate key id {:?} in this client", t.id),
+                    ));
+                }
+                let expires = t
+                    .expires
+                    .as_deref()
+                    .map(|e| self.timestamp(&format!("{at}.expires"), e))
+                    .transpose()?;
+                (hash, Some(t.id.as_str()), expires)
+            }
+        };
+        let label: Arc<str> = match id {
+            Some(id) => id.into(),
+            None => format!("sha256:{}", hex::encode(&hash.0[..4])).into(),
+        };
+        Ok(ClientKey {
+            hash,
+            has_id: id.is_some(),
+            label,
+            expires,
+            expires_unix_ms: expires.map_or(u64::MAX, units::unix_ms),
+        })
+    }
 }
 
-/// Names end up in metric labels and logs: keep them short and plain.
-fn check_name(name: &str) -> Result<(), String> {
+/// Names end up in metric labels and logs: keep them short and plain. (Key ids too: with no
+/// `:` allowed, an id can never look like the `sha256:…` label of a key without one.)
+pub(super) fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

@@ -4,18 +4,19 @@
 //! A reload builds a new generation from the new config, carrying over what is still valid:
 //! the HTTP client while `[upstream]` is unchanged, each client limiter whose rate is
 //! unchanged, each account's breaker while its key is unchanged, usage counters by client
-//! name, and profiles whose spec is unchanged (so cached renders stay valid). In-flight
-//! requests keep the `Arc<Generation>` they started with.
+//! name (and per key by client name and key hash, so renaming a key's id keeps its history),
+//! and profiles whose spec is unchanged (so cached renders stay valid). In-flight requests
+//! keep the `Arc<Generation>` they started with.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
 use crate::cache::StaleWindows;
 use crate::config::Config;
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{ClientLabel, Metrics, RequestLabels};
 use crate::rate_limit::{AuthThrottle, ClientLimiter, TokioClock, UpstreamBudget};
 use crate::upstream::{Account, Breaker, Upstream};
 
@@ -37,12 +38,48 @@ pub(crate) struct ClientUsage {
 }
 
 impl ClientUsage {
-    pub(crate) fn touch(&self) {
+    /// Counts an authenticated request at `now_ms` (Unix milliseconds).
+    pub(crate) fn touch(&self, now_ms: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        self.last_seen.store(now, Ordering::Relaxed);
+        self.last_seen.store(now_ms / 1000, Ordering::Relaxed);
+    }
+}
+
+/// Per-key usage for `/admin/clients` (which key of a team is still in use); kept across
+/// reloads by client name and key hash. Plain atomics: the request path pays two relaxed
+/// stores.
+#[derive(Debug, Default)]
+pub(crate) struct KeyUsage {
+    /// Requests authenticated with this key.
+    pub(crate) requests: AtomicU64,
+    /// Unix milliseconds of the last of them, 0 = never.
+    pub(crate) last_used_ms: AtomicU64,
+    /// Requests refused because the key had expired.
+    pub(crate) expired_refused: AtomicU64,
+    /// Unix milliseconds of the last "expired key" log line, so a client hammering with an
+    /// expired key logs once a minute, not once per request.
+    expired_logged_ms: AtomicU64,
+}
+
+/// At most one "expired key" log line per key per this long.
+const EXPIRED_LOG_EVERY_MS: u64 = 60_000;
+
+impl KeyUsage {
+    /// Counts a request authenticated with this key at `now_ms`.
+    pub(crate) fn touch(&self, now_ms: u64) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.last_used_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Counts a refusal of this (expired) key at `now_ms`; whether it should be logged.
+    pub(crate) fn refused_expired(&self, now_ms: u64) -> bool {
+        self.expired_refused.fetch_add(1, Ordering::Relaxed);
+        let last = self.expired_logged_ms.load(Ordering::Relaxed);
+        (last == 0 || now_ms.saturating_sub(last) >= EXPIRED_LOG_EVERY_MS)
+            && self
+                .expired_logged_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 }
 
@@ -51,6 +88,12 @@ impl ClientUsage {
 pub(crate) struct ClientState {
     pub(crate) limiter: Option<Arc<ClientLimiter>>,
     pub(crate) usage: Arc<ClientUsage>,
+    /// Usage per key, indexed like the client's `keys`.
+    pub(crate) keys: Vec<Arc<KeyUsage>>,
+    /// `gateway_upstream_calls_caused_total{client}`: handed to the fetches this client starts.
+    pub(crate) calls_caused: Counter,
+    /// `gateway_upstream_calls_avoided_total{client}`.
+    pub(crate) calls_avoided: Counter,
     /// `gateway_requests_total{client, route, 200, HIT}` per route index, looked up once here
     /// so the hit path increments an atomic instead of hashing labels.
     pub(crate) hits_200: Vec<Counter>,
@@ -138,13 +181,15 @@ impl Generation {
             .clients
             .iter()
             .map(|c| {
-                let old = prev.and_then(|p| {
+                // The previous generation's config and state of the client of this name.
+                let before = prev.and_then(|p| {
                     p.config
                         .clients
                         .iter()
                         .position(|o| o.name == c.name)
-                        .map(|i| &p.clients[i])
+                        .map(|i| (&p.config.clients[i], &p.clients[i]))
                 });
+                let old = before.map(|(_, state)| state);
                 let limiter = c
                     .rate
                     .map(|rate| match old.and_then(|o| o.limiter.as_ref()) {
@@ -152,6 +197,21 @@ impl Generation {
                         _ => Arc::new(ClientLimiter::new(rate, c.burst, clock.clone())),
                     });
                 let usage = old.map(|o| o.usage.clone()).unwrap_or_default();
+                let keys = c
+                    .keys
+                    .iter()
+                    .map(|k| {
+                        before
+                            .and_then(|(conf, state)| {
+                                let i = conf.keys.iter().position(|o| o.hash == k.hash)?;
+                                state.keys.get(i).cloned()
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let label = ClientLabel {
+                    client: c.name.clone(),
+                };
                 let hits_200 = config
                     .routes
                     .iter()
@@ -167,6 +227,9 @@ impl Generation {
                 ClientState {
                     limiter,
                     usage,
+                    keys,
+                    calls_caused: metrics.upstream_calls_caused.get_or_create_owned(&label),
+                    calls_avoided: metrics.upstream_calls_avoided.get_or_create_owned(&label),
                     hits_200,
                 }
             })

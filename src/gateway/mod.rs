@@ -4,8 +4,9 @@
 //! A reload re-reads the [`ConfigSource`], validates it, refuses it when a restart-only
 //! setting changed (compared as whole `PartialEq` groups, so a field added later is compared
 //! too), builds the next generation from the previous one and swaps it in atomically; then it
-//! drops cached answers of accounts that are gone or whose key changed. Request handling is in
-//! `proxy`; serving sockets is in `server`.
+//! drops cached answers of accounts that are gone or whose key changed. Each config that goes
+//! live has its key expiry dates exported as gauges and its warnings logged. Request handling
+//! is in `proxy`; serving sockets is in `server`.
 
 mod generation;
 
@@ -21,7 +22,7 @@ pub use generation::{BuildError, Generation};
 
 use crate::cache::CacheStore;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{AccountLabel, KeyLabels, Metrics};
 use crate::rate_limit::TokioClock;
 use crate::redis::Redis;
 use crate::upstream::UpstreamFailure;
@@ -114,6 +115,7 @@ impl Gateway {
             None => None,
         };
         let generation = Generation::build(config, None, &clock, &metrics)?;
+        went_live(&metrics, &generation.config);
         let gw = Arc::new(Gateway {
             generation: ArcSwap::from_pointee(generation),
             cache,
@@ -221,6 +223,7 @@ impl Gateway {
         // Swap first, then drop cached answers of accounts that are gone or whose upstream key
         // changed: requests that start after the swap never refill from the old key.
         self.generation.store(new.clone());
+        went_live(&self.metrics, &new.config);
         for a in &old.config.accounts {
             if !new.config.accounts.iter().any(|n| n.same_upstream(a)) {
                 self.cache.purge(Some(&a.name));
@@ -239,6 +242,44 @@ impl Gateway {
         if let Some(t) = &generation.auth_throttle {
             let _ = t.record_failure(ip);
         }
+    }
+}
+
+/// What follows a config going live: its key expiry dates become the expiry gauges (series of
+/// keys and accounts no longer configured disappear), and its warnings are logged.
+fn went_live(metrics: &Metrics, config: &Config) {
+    let secs = |t| (crate::units::unix_ms(t) / 1000).min(i64::MAX as u64) as i64;
+    // Cleared and refilled: a scrape in between may miss a series for a moment, never see a
+    // stale one.
+    metrics.client_key_expiry.clear();
+    for c in &config.clients {
+        for k in &c.keys {
+            if let Some(expires) = k.expires {
+                let labels = KeyLabels {
+                    client: c.name.clone(),
+                    key: k.label.clone(),
+                };
+                metrics
+                    .client_key_expiry
+                    .get_or_create(&labels)
+                    .set(secs(expires));
+            }
+        }
+    }
+    metrics.account_key_expiry.clear();
+    for a in &config.accounts {
+        if let Some(expires) = a.expires {
+            let label = AccountLabel {
+                account: a.name.clone(),
+            };
+            metrics
+                .account_key_expiry
+                .get_or_create(&label)
+                .set(secs(expires));
+        }
+    }
+    for warning in config.warnings(std::time::SystemTime::now()) {
+        tracing::warn!("{warning}");
     }
 }
 

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use crate::cache::{l2, CacheKey, Entry, FetchPanicked, Flight, Origin};
@@ -50,6 +51,9 @@ pub(crate) struct Miss {
     pub(crate) account: Arc<AccountState>,
     pub(crate) route: Arc<Route>,
     pub(crate) deadline: Instant,
+    /// `gateway_upstream_calls_caused_total` of the client whose request started this miss:
+    /// counts every upstream attempt the fetch makes (joiners' misses never run).
+    pub(crate) caused: Counter,
 }
 
 impl Miss {
@@ -211,6 +215,7 @@ impl Miss {
             });
         // Every HTTP attempt (retries included) is counted, so the metric equals what Gcore saw.
         let on_attempt = |outcome: &'static str, took: Duration| {
+            self.caused.inc();
             metrics
                 .upstream_requests
                 .get_or_create(&labels(outcome))

@@ -16,7 +16,7 @@ pub(crate) mod shape;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
@@ -27,12 +27,13 @@ pub use shape::HasBody;
 
 use crate::auth::{self, Credential};
 use crate::cache::{CacheKey, CacheStatus, Lookup, Origin};
-use crate::config::Client;
+use crate::config::{Client, KeyRef};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Generation};
 use crate::metrics::{ClientLabel, ReasonLabel, RequestLabels};
 use crate::rate_limit::RateLimitInfo;
 use crate::routing;
+use crate::units::unix_ms;
 use crate::upstream::UpstreamFailure;
 use miss::Miss;
 
@@ -43,6 +44,8 @@ struct Ctx {
     generation: Arc<Generation>,
     peer: IpAddr,
     client: Option<usize>,
+    /// Which of the client's keys the request carried.
+    key: Option<usize>,
     route: Option<usize>,
     cache: Option<CacheStatus>,
     /// Upstream fetch time, when this request waited for one (MISS).
@@ -70,6 +73,7 @@ pub(crate) async fn handle_with_id<B>(
         gw,
         peer,
         client: None,
+        key: None,
         route: None,
         cache: None,
         upstream: None,
@@ -97,11 +101,17 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
     let config = &generation.config;
     shape::check(&config.server.conn, req)?;
 
-    // 1. authenticate
-    let client = authenticate(&ctx.gw, &generation, ctx.peer, req.headers())?;
-    ctx.client = Some(client.index);
-    let state = &generation.clients[client.index];
-    state.usage.touch();
+    // 1. authenticate (one clock read serves the key's expiry and its last-used time)
+    let now_ms = unix_ms(SystemTime::now());
+    let found = authenticate(&ctx.gw, &generation, ctx.peer, req.headers(), now_ms)?;
+    let client = &config.clients[found.client];
+    ctx.client = Some(found.client);
+    ctx.key = Some(found.key);
+    let state = &generation.clients[found.client];
+    state.usage.touch(now_ms);
+    if let Some(key) = state.keys.get(found.key) {
+        key.touch(now_ms);
+    }
 
     // 2. rate limit
     if let Some(limiter) = &state.limiter {
@@ -163,9 +173,11 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
         account: account.clone(),
         route: route.clone(),
         deadline: now + config.server.request_timeout,
+        caused: state.calls_caused.clone(),
     };
-    let (entry, status) = match lookup {
-        Lookup::Fresh(e) => (e, CacheStatus::Hit),
+    // `joined`: this request waited for a fetch another request started.
+    let (entry, status, joined) = match lookup {
+        Lookup::Fresh(e) => (e, CacheStatus::Hit, false),
         Lookup::Revalidate(e) => {
             // Serve at once; one background refresh (joins any fill already running).
             drop(miss().fill());
@@ -176,7 +188,7 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
                     reason: "revalidate",
                 })
                 .inc();
-            (e, CacheStatus::Stale)
+            (e, CacheStatus::Stale, false)
         }
         Lookup::Miss { stale } => {
             let m = miss();
@@ -190,31 +202,38 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
                 .unwrap_or(Err(UpstreamFailure::Timeout));
             match (result, stale) {
                 // Another replica's fetch, read from Redis: no upstream call was waited for.
-                (Ok(e), _) if e.origin == Origin::Replica => (e, CacheStatus::SharedHit),
-                (Ok(e), _) => (e, CacheStatus::Miss),
+                (Ok(e), _) if e.origin == Origin::Replica => (e, CacheStatus::SharedHit, joined),
+                (Ok(e), _) => (e, CacheStatus::Miss, joined),
                 (Err(_), Some(e)) => {
                     ctx.gw
                         .metrics
                         .stale_served
                         .get_or_create(&ReasonLabel { reason: "error" })
                         .inc();
-                    (e, CacheStatus::Stale)
+                    (e, CacheStatus::Stale, joined)
                 }
                 (Err(f), None) => return Err(GatewayError::from(f)),
             }
         }
     };
     ctx.cache = Some(status);
-    match status {
+    // Calls caused are counted by the fetch itself (per upstream attempt); a request answered
+    // without an upstream call of its own is a call avoided.
+    let avoided = match status {
         CacheStatus::Miss => {
             if let Origin::Upstream(took) = entry.origin {
                 ctx.upstream = Some(took);
             }
+            joined || matches!(entry.origin, Origin::Replica)
         }
         CacheStatus::Hit | CacheStatus::SharedHit => {
             state.usage.hits.fetch_add(1, Ordering::Relaxed);
+            true
         }
-        CacheStatus::Stale => {}
+        CacheStatus::Stale => true,
+    };
+    if avoided {
+        state.calls_avoided.inc();
     }
 
     // 5. redact
@@ -237,14 +256,17 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
     ))
 }
 
-/// The client whose key the request carries. The failed-auth throttle is asked first, so an
-/// address over its budget is refused before any key is looked at.
-fn authenticate<'g>(
+/// The client and key the request carries. The failed-auth throttle is asked first, so an
+/// address over its budget is refused before any key is looked at. An expired key is refused
+/// exactly like an unknown one (the caller learns nothing more); the log names the client and
+/// the key's id for the operator.
+fn authenticate(
     gw: &Gateway,
-    generation: &'g Generation,
+    generation: &Generation,
     peer: IpAddr,
     headers: &http::HeaderMap,
-) -> Result<&'g Arc<Client>, GatewayError> {
+    now_ms: u64,
+) -> Result<KeyRef, GatewayError> {
     if let Some(t) = &generation.auth_throttle {
         if let Err(retry_after) = t.check(peer) {
             gw.metrics.auth_throttled.inc();
@@ -255,13 +277,27 @@ fn authenticate<'g>(
         Credential::Key(k) => auth::lookup(&generation.config.key_to_client, k),
         Credential::Missing | Credential::Malformed => None,
     };
-    match found {
-        Some(i) => Ok(&generation.config.clients[i]),
-        None => {
-            gw.auth_failed(generation, peer);
-            Err(GatewayError::Unauthorized)
+    let Some(found) = found else {
+        gw.auth_failed(generation, peer);
+        return Err(GatewayError::Unauthorized);
+    };
+    let client: &Client = &generation.config.clients[found.client];
+    let key = &client.keys[found.key];
+    if key.expired_at(now_ms) {
+        let usage = generation.clients[found.client].keys.get(found.key);
+        let log = usage.is_none_or(|u| u.refused_expired(now_ms));
+        if let Some(expires) = key.expires.filter(|_| log) {
+            tracing::warn!(
+                client = %client.name,
+                key = %key.label,
+                expired = %humantime::format_rfc3339_seconds(expires),
+                "expired key: request refused with 401"
+            );
         }
+        gw.auth_failed(generation, peer);
+        return Err(GatewayError::Unauthorized);
     }
+    Ok(found)
 }
 
 /// Writes the access line and counts the request.
@@ -277,6 +313,11 @@ fn record<B>(
     let cache = ctx.cache.map_or("NONE", CacheStatus::label);
     let config = &ctx.generation.config;
     let client = ctx.client.map(|i| &config.clients[i].name);
+    let key = ctx
+        .client
+        .zip(ctx.key)
+        .and_then(|(c, k)| config.clients[c].keys.get(k))
+        .map(|k| &*k.label);
     let route = ctx.route.map(|i| &config.routes[i].path);
     ctx.gw
         .metrics
@@ -286,7 +327,7 @@ fn record<B>(
         access_log::write(&access_log::Line {
             request_id: request_id.as_str(),
             client: client.map_or("anonymous", |c| c),
-            key: None,
+            key,
             client_ip: ctx.peer,
             route: route.map_or("other", |r| r),
             method: shape::method_label(req.method()),

@@ -8,6 +8,7 @@ mod support;
 mod cli;
 mod harness;
 mod hostile;
+mod keys;
 mod observability;
 mod prop_parsers;
 mod prop_redact;

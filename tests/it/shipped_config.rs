@@ -197,16 +197,21 @@ fn the_check_catches_a_config_that_opens_with_a_word_of_the_repository() {
     let candidates = all_candidates();
     let text = std::fs::read_to_string(root().join("config/gateway.toml")).unwrap();
     let hash_of = |k: &str| KeyHash::of(k.as_bytes()).to_string();
-    let mut old = text.clone();
+    // Each client's `keys = [...]` (one line or several) becomes one old example key.
+    let mut old = String::new();
+    let mut rest = text.as_str();
     let mut replaced = 0;
-    for (line, key) in text
-        .lines()
-        .filter(|l| l.starts_with("keys = "))
-        .zip(["test", "test2"])
-    {
-        old = old.edit(line, &format!("keys = [\"{}\"]", hash_of(key)));
+    for key in ["test", "test2"] {
+        let Some(start) = rest.find("\nkeys = [") else {
+            break;
+        };
+        let len = rest[start..].find("]\n").expect("keys list ends") + 2;
+        old.push_str(&rest[..start]);
+        old.push_str(&format!("\nkeys = [\"{}\"]\n", hash_of(key)));
+        rest = &rest[start + len..];
         replaced += 1;
     }
+    old.push_str(rest);
     assert_eq!(replaced, 2, "config/gateway.toml ships two example clients");
     let config = Config::parse(&old, "old gateway.toml", &AnySecret).unwrap();
     let found = openers(&config, &candidates);
