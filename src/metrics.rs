@@ -40,6 +40,11 @@ pub struct AccountLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabel {
     pub client: Arc<str>,
 }
@@ -116,6 +121,8 @@ pub struct Metrics {
     pub l2_hits: Counter,
     /// `gateway_l2_rejected_total`.
     pub l2_rejected: Counter,
+    /// `gateway_upstream_new_fields_total`.
+    pub upstream_new_fields: Family<RouteLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -250,6 +257,12 @@ impl Metrics {
             "Shared cache values ignored because they were not intact (HMAC) or not JSON",
             l2_rejected.clone(),
         );
+        let upstream_new_fields = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "gateway_upstream_new_fields",
+            "Upstream answers with field paths outside the route's baseline (shape drift), by route",
+            upstream_new_fields.clone(),
+        );
         registry.register(
             "gateway_log_dropped",
             "Access log lines dropped because the log sink was slower than the traffic",
@@ -283,6 +296,7 @@ impl Metrics {
             redis_fallback,
             l2_hits,
             l2_rejected,
+            upstream_new_fields,
         }
     }
 
