@@ -114,7 +114,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path, sample: Option<&std::path::Path>, route: Option<&str>) -> ExitCode {
+fn check(
+    path: &std::path::Path,
+    sample: Option<&std::path::Path>,
+    route: Option<&str>,
+) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             let mut text = format!("{}: OK\n{}", path.display(), config.summary());

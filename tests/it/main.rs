@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod drift;
 mod hostile;
 mod observability;
 mod prop_parsers;
