@@ -211,7 +211,7 @@ pub fn report(
         let _ = match p.on_new_fields() {
             None => writeln!(
                 out,
-                "\nprofile {} (allow-list; never shows new fields)",
+                "\nprofile {} (allow-list: shows only what it names; on_new_fields does not apply)",
                 p.name
             ),
             Some(mode) => writeln!(
