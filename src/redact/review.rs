@@ -57,7 +57,7 @@ pub struct Line {
 pub fn review(profile: &Profile, doc: &Value, shape: Option<&Shape>) -> Vec<Line> {
     let mut all = Vec::new();
     walk(doc, &mut Vec::new(), &mut all);
-    let judge: Box<dyn Fn(&[Elem]) -> Judged + '_> = match &profile.mode {
+    let judge: Judge<'_> = match &profile.mode {
         Mode::Deny {
             remove,
             mask,
@@ -135,6 +135,9 @@ pub fn review(profile: &Profile, doc: &Value, shape: Option<&Shape>) -> Vec<Line
         })
         .collect()
 }
+
+/// Judges one node by its location.
+type Judge<'a> = Box<dyn Fn(&[Elem]) -> Judged + 'a>;
 
 enum Judged {
     Is(Verdict),
