@@ -1,4 +1,5 @@
-//! The admin listener: health, readiness, metrics, cache and usage views, purge and reload.
+//! The admin listener: health, readiness, metrics, cache, usage and schema-drift views, purge
+//! and reload.
 //!
 //! Served only on `server.admin_listen`, never on the caller port. When
 //! `server.admin_token_sha256` is set, every route but `/healthz` and `/readyz` needs
@@ -30,6 +31,7 @@ pub(crate) fn router(gw: Arc<Gateway>) -> Router {
         .route("/admin/reload", post(reload))
         .route("/admin/clients", get(clients))
         .route("/admin/cache", get(cache))
+        .route("/admin/schema", get(schema))
         .route_layer(middleware::from_fn_with_state(gw.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
@@ -197,6 +199,50 @@ async fn clients(State(gw): State<Arc<Gateway>>) -> Response {
 fn rfc3339_ms(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Per route: its baseline and the new field paths this process has met (paths only, never
+/// values).
+async fn schema(State(gw): State<Arc<Gateway>>) -> Response {
+    let generation = gw.current();
+    let mut seen: std::collections::BTreeMap<_, _> = gw.schema.snapshot().into_iter().collect();
+    let time = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let route_json = |path: &str,
+                      baseline: Option<&crate::config::Baseline>,
+                      r: crate::drift::seen::RouteSeen| {
+        let fields: Vec<_> = r
+            .paths
+            .iter()
+            .map(|(p, s)| {
+                json!({
+                    "path": p,
+                    "first_seen": time(s.first_seen),
+                    "last_seen": time(s.last_seen),
+                    "answers": s.answers,
+                })
+            })
+            .collect();
+        json!({
+            "route": path,
+            "baseline": baseline.map(|b| b.source.as_str()),
+            "known_paths": baseline.map(|b| b.shape.len()),
+            "answers_with_new_fields": r.answers,
+            "new_fields": fields,
+            "unlisted": r.unlisted,
+        })
+    };
+    let mut routes: Vec<_> = generation
+        .config
+        .routes
+        .iter()
+        .map(|r| {
+            let record = seen.remove(&r.path).unwrap_or_default();
+            route_json(&r.path, r.baseline.as_ref(), record)
+        })
+        .collect();
+    // Routes a reload removed keep what was seen on them.
+    routes.extend(seen.into_iter().map(|(p, r)| route_json(&p, None, r)));
+    Json(json!({ "routes": routes })).into_response()
 }
 
 async fn cache(State(gw): State<Arc<Gateway>>) -> Response {

@@ -19,7 +19,9 @@
 //! | `redis` | the Redis connection, its up/down window, L2/lock/purge operations |
 //! | `upstream` | the HTTP client, the Gcore key (only place it is exposed), retries, breaker |
 //! | [`config`] | TOML → validated runtime form |
-//! | [`auth`], [`routing`], [`redact`], [`units`], `error`, `metrics` | small pure leaves |
+//! | [`redact`] | redaction profiles: remove/mask/allow, what a profile does with new fields, `check --sample` review |
+//! | [`drift`] | shape drift: field paths, known shapes (baselines), new-path detection and dropping, the per-process record behind `/admin/schema` |
+//! | [`auth`], [`routing`], [`units`], `error`, `metrics` | small pure leaves |
 //! | [`demo`] | the fake upstream and config of `gcore-gateway demo` |
 //!
 //! The public surface is what the binary, the integration tests and the benchmarks use;
@@ -33,6 +35,7 @@ pub mod auth;
 mod cache;
 pub mod config;
 pub mod demo;
+pub mod drift;
 mod error;
 mod gateway;
 mod metrics;

@@ -80,7 +80,18 @@ enum Command {
     /// Run the gateway (the default).
     Serve(ServeArgs),
     /// Validate the config and print a summary (exit 2 if invalid).
-    Check(ConfigArg),
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also render this JSON answer through every profile and print, per profile, which
+        /// field paths it keeps, masks, removes or drops, and which are new against the
+        /// route's baseline.
+        #[arg(long, value_name = "FILE")]
+        sample: Option<PathBuf>,
+        /// The route the sample is an answer of (its baseline); default: the first route.
+        #[arg(long, value_name = "PATH", requires = "sample")]
+        route: Option<String>,
+    },
     /// Print sha256:<hex> of KEY (or of one line read from stdin) for clients.keys.
     HashKey { key: Option<String> },
     /// Print a new random caller key and its sha256: hash (with --id: the clients.keys line).
@@ -138,7 +149,11 @@ fn main() -> ExitCode {
     };
     let result = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => serve(args.config.config, args.log.log_format),
-        Command::Check(args) => return check(&args.config),
+        Command::Check {
+            config,
+            sample,
+            route,
+        } => return check(&config.config, sample.as_deref(), route.as_deref()),
         Command::HashKey { key } => hash_key(key),
         Command::GenKey { id, expires } => {
             let key = generate_key();
@@ -175,7 +190,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(
+    path: &std::path::Path,
+    sample: Option<&std::path::Path>,
+    route: Option<&str>,
+) -> ExitCode {
     match Config::load(path) {
         Ok(config) => {
             let mut text = format!("{}: OK\n{}", path.display(), config.summary());
@@ -199,6 +218,16 @@ fn check(path: &std::path::Path) -> ExitCode {
             for warning in config.warnings(std::time::SystemTime::now()) {
                 text.push_str(&format!("warning: {warning}\n"));
             }
+            if let Some(sample) = sample {
+                match review_sample(&config, sample, route) {
+                    Ok(review) => text.push_str(&review),
+                    Err(e) => {
+                        out(&text);
+                        eprintln!("error: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             out(&text);
             ExitCode::SUCCESS
         }
@@ -212,6 +241,35 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// `--id` of gen-key: the rules of `clients.keys[].id`.
 fn key_id(s: &str) -> Result<String, String> {
     gcore_gateway::config::check_key_id(s).map(|()| s.to_string())
+}
+
+/// `check --sample`: the sample through every profile, against the route's baseline.
+fn review_sample(
+    config: &Config,
+    sample: &std::path::Path,
+    route: Option<&str>,
+) -> anyhow::Result<String> {
+    let text = std::fs::read(sample)
+        .with_context(|| format!("cannot read the sample {}", sample.display()))?;
+    let doc: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("the sample {} is not JSON", sample.display()))?;
+    let route = match route {
+        Some(path) => config
+            .routes
+            .iter()
+            .find(|r| &*r.path == path)
+            .with_context(|| format!("--route {path:?} is not a configured route"))?,
+        None => config.routes.first().context("the config has no route")?,
+    };
+    let baseline = route
+        .baseline
+        .as_ref()
+        .map(|b| (b.source.as_str(), &*b.shape));
+    Ok(format!(
+        "\nsample {}\n{}",
+        sample.display(),
+        gcore_gateway::redact::review::report(&doc, &route.path, baseline, &config.profiles)
+    ))
 }
 
 /// Writes to stdout, ignoring a closed pipe (`check | head -1` must not panic).

@@ -40,6 +40,11 @@ pub struct AccountLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClientLabel {
     pub client: Arc<str>,
 }
@@ -132,6 +137,8 @@ pub struct Metrics {
     pub upstream_calls_caused: Family<ClientLabel, Counter>,
     /// `gateway_upstream_calls_avoided_total`.
     pub upstream_calls_avoided: Family<ClientLabel, Counter>,
+    /// `gateway_upstream_new_fields_total`.
+    pub upstream_new_fields: Family<RouteLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -290,6 +297,12 @@ impl Metrics {
             "This client's requests answered without an upstream call of their own (hits, stale, coalesced waiters, other replicas' fetches)",
             upstream_calls_avoided.clone(),
         );
+        let upstream_new_fields = Family::<RouteLabel, Counter>::default();
+        registry.register(
+            "gateway_upstream_new_fields",
+            "Upstream answers with field paths outside the route's baseline (shape drift), by route",
+            upstream_new_fields.clone(),
+        );
         registry.register(
             "gateway_log_dropped",
             "Access log lines dropped because the log sink was slower than the traffic",
@@ -327,6 +340,7 @@ impl Metrics {
             account_key_expiry,
             upstream_calls_caused,
             upstream_calls_avoided,
+            upstream_new_fields,
         }
     }
 

@@ -5,12 +5,20 @@
 //! never on a hit. It fails closed: a body that is not JSON yields an error, never the
 //! unredacted bytes. Which profile a caller gets, and the per-entry render store, live in
 //! `cache`; this module only transforms documents.
+//!
+//! A remove/mask profile also says what happens to fields outside the route's known shape
+//! ([`OnNewFields`]; the shape and the detection are `drift`'s): pass them, drop them, or
+//! refuse the answer. [`review`] explains a profile on a sample for `check --sample`.
+
+pub mod review;
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 use serde_json::Value;
 use serde_json_path::JsonPath;
+
+use crate::drift::NewFields;
 
 /// What an operator writes for one profile (`[profiles.NAME]`): the JSONPaths of each list.
 /// The config reads it as is; [`Profile::compile`] turns it into a runnable profile.
@@ -25,6 +33,34 @@ pub struct ProfileSpec {
     pub mask: Vec<String>,
     /// When set, only these JSONPaths are kept (exclusive with remove/mask).
     pub allow: Option<Vec<String>>,
+    /// What a remove/mask profile does with fields outside the route's known shape; unset is
+    /// `pass`. Not accepted on an allow-list profile (which never shows new fields).
+    pub on_new_fields: Option<OnNewFields>,
+}
+
+/// What a remove/mask profile does with an answer that has fields outside the route's known
+/// shape (`profiles.NAME.on_new_fields`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNewFields {
+    /// Serve them (the remove/mask lists alone decide).
+    #[default]
+    Pass,
+    /// Remove every new path from the render, at every array index.
+    Drop,
+    /// Refuse the answer (502 `upstream_error`) while it has new paths.
+    Block,
+}
+
+impl OnNewFields {
+    /// The config word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnNewFields::Pass => "pass",
+            OnNewFields::Drop => "drop",
+            OnNewFields::Block => "block",
+        }
+    }
 }
 
 /// A compiled redaction profile.
@@ -48,6 +84,8 @@ pub enum Mode {
         remove: Vec<(String, JsonPath)>,
         /// Masked matches (path text, compiled).
         mask: Vec<(String, JsonPath)>,
+        /// What happens to fields outside the route's known shape.
+        on_new_fields: OnNewFields,
     },
     /// Keep only `allow` matches (and the containers leading to them).
     Allow(Vec<(String, JsonPath)>),
@@ -62,10 +100,16 @@ pub struct ProfileError {
     pub message: String,
 }
 
-/// A body that could not be redacted (not JSON). The redacted body is never produced.
-#[derive(Debug, thiserror::Error)]
-#[error("upstream body is not valid JSON; refusing to pass it unredacted")]
-pub struct RedactError;
+/// A body that could not be redacted. The redacted body is never produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RedactError {
+    /// The body is not JSON.
+    #[error("upstream body is not valid JSON; refusing to pass it unredacted")]
+    NotJson,
+    /// The answer has fields outside the route's known shape and the profile blocks it.
+    #[error("upstream answer has fields outside the route's known shape; the profile blocks it")]
+    NewFields,
+}
 
 /// Checks that `body` is JSON this module can redact: the same parser as [`Profile::render`]
 /// (UTF-8, no lone surrogate escapes; numbers are kept as written, so none is rounded). The
@@ -74,7 +118,7 @@ pub struct RedactError;
 pub fn check_json(body: &[u8]) -> Result<(), RedactError> {
     serde_json::from_slice::<Value>(body)
         .map(drop)
-        .map_err(|_| RedactError)
+        .map_err(|_| RedactError::NotJson)
 }
 
 /// The replacement for masked strings.
@@ -106,11 +150,18 @@ impl Profile {
                         message: "allow is exclusive with remove/mask".into(),
                     });
                 }
+                if raw.on_new_fields.is_some() {
+                    return Err(ProfileError {
+                        key: format!("profiles.{name}.on_new_fields"),
+                        message: "applies to remove/mask profiles only (an allow-list never shows new fields)".into(),
+                    });
+                }
                 Mode::Allow(compile_list("allow", allow)?)
             }
             None => Mode::Deny {
                 remove: compile_list("remove", &raw.remove)?,
                 mask: compile_list("mask", &raw.mask)?,
+                on_new_fields: raw.on_new_fields.unwrap_or_default(),
             },
         };
         Ok(Profile {
@@ -125,13 +176,39 @@ impl Profile {
         self.name == other.name && self.spec == other.spec
     }
 
+    /// What this profile does with new fields: `None` for an allow-list (it never shows them).
+    pub fn on_new_fields(&self) -> Option<OnNewFields> {
+        match &self.mode {
+            Mode::Deny { on_new_fields, .. } => Some(*on_new_fields),
+            Mode::Allow(_) => None,
+        }
+    }
+
     /// Redacts a JSON body and serialises the result. Fails closed on non-JSON input.
     pub fn render(&self, body: &[u8]) -> Result<Bytes, RedactError> {
-        let mut doc: Value = serde_json::from_slice(body).map_err(|_| RedactError)?;
+        self.render_checked(body, None)
+    }
+
+    /// [`Profile::render`] of an answer whose fields outside the route's known shape are `new`
+    /// (`None`: none, or the route has no baseline). A `drop` profile removes them before its
+    /// own lists run; a `block` profile refuses the answer.
+    pub fn render_checked(
+        &self,
+        body: &[u8],
+        new: Option<&NewFields>,
+    ) -> Result<Bytes, RedactError> {
+        let action = self.on_new_fields().unwrap_or_default();
+        if new.is_some() && action == OnNewFields::Block {
+            return Err(RedactError::NewFields);
+        }
+        let mut doc: Value = serde_json::from_slice(body).map_err(|_| RedactError::NotJson)?;
+        if let (Some(new), OnNewFields::Drop) = (new, action) {
+            new.drop_from(&mut doc);
+        }
         self.apply(&mut doc);
         serde_json::to_vec(&doc)
             .map(Bytes::from)
-            .map_err(|_| RedactError)
+            .map_err(|_| RedactError::NotJson)
     }
 
     /// Redacts a parsed document in place.
@@ -142,7 +219,7 @@ impl Profile {
     /// `$.users[0]` would select the next user each time.
     pub fn apply(&self, doc: &mut Value) {
         match &self.mode {
-            Mode::Deny { remove, mask } => {
+            Mode::Deny { remove, mask, .. } => {
                 let mut removals: Vec<Vec<Elem>> =
                     remove.iter().flat_map(|(_, p)| locations(p, doc)).collect();
                 let masks: Vec<Vec<Elem>> =
@@ -184,7 +261,7 @@ impl Profile {
     /// `(list, path)` pairs.
     pub fn unmatched(&self, doc: &Value) -> Vec<(&'static str, &str)> {
         let lists: Vec<(&'static str, &Vec<(String, JsonPath)>)> = match &self.mode {
-            Mode::Deny { remove, mask } => vec![("remove", remove), ("mask", mask)],
+            Mode::Deny { remove, mask, .. } => vec![("remove", remove), ("mask", mask)],
             Mode::Allow(allow) => vec![("allow", allow)],
         };
         lists
@@ -303,6 +380,7 @@ mod tests {
                 remove: s(remove),
                 mask: s(mask),
                 allow: allow.map(s),
+                ..Default::default()
             },
         )
         .unwrap()
@@ -390,6 +468,56 @@ mod tests {
             }
         )
         .is_err());
+    }
+
+    #[test]
+    fn new_fields_pass_drop_or_block() {
+        let shape = std::sync::Arc::new(crate::drift::Shape::of(
+            &json!({"id": 1, "users": [{"id": 1, "email": "e"}]}),
+        ));
+        let body = br#"{"id":1,"users":[{"id":1,"email":"a","iban":"DE"},{"id":2,"email":"b","iban":"FR"}]}"#;
+        let new = shape.check(body).unwrap();
+        assert_eq!(new.paths(), ["$.users[*].iban"]);
+        let with = |mode| {
+            Profile::compile(
+                "t",
+                &ProfileSpec {
+                    remove: vec!["$.users[*].email".into()],
+                    on_new_fields: mode,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let pass = br#"{"id":1,"users":[{"iban":"DE","id":1},{"iban":"FR","id":2}]}"#;
+        let dropped = br#"{"id":1,"users":[{"id":1},{"id":2}]}"#;
+        for mode in [None, Some(OnNewFields::Pass)] {
+            assert_eq!(
+                &with(mode).render_checked(body, Some(&new)).unwrap()[..],
+                pass
+            );
+        }
+        let drop = with(Some(OnNewFields::Drop));
+        assert_eq!(&drop.render_checked(body, Some(&new)).unwrap()[..], dropped);
+        // Nothing new: drop changes nothing.
+        assert_eq!(&drop.render_checked(body, None).unwrap()[..], pass);
+        let block = with(Some(OnNewFields::Block));
+        assert_eq!(
+            block.render_checked(body, Some(&new)),
+            Err(RedactError::NewFields)
+        );
+        assert_eq!(&block.render_checked(body, None).unwrap()[..], pass);
+        // An allow-list ignores new fields, and may not set the option.
+        let err = Profile::compile(
+            "a",
+            &ProfileSpec {
+                allow: Some(vec!["$.id".into()]),
+                on_new_fields: Some(OnNewFields::Drop),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "profiles.a.on_new_fields");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! so a hit costs a lookup and two `Bytes` clones. Freshness is computed from `fetched_at`
 //! (`tokio::time::Instant`, so paused time in tests moves it) against the TTL the caller's
 //! config generation gives the route, so a reload's new TTL applies to entries already stored.
+//! An entry also carries the answer's new fields against its route's baseline (found once, when
+//! the entry is made), which a profile's render drops or refuses.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,6 +18,7 @@ use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
+use crate::drift::NewFields;
 use crate::redact::{Profile, RedactError};
 
 /// A body ready to send, with its strong ETag.
@@ -78,7 +81,7 @@ impl StaleWindows {
     }
 }
 
-type Renders = Vec<(Arc<Profile>, Option<Rendered>)>;
+type Renders = Vec<(Arc<Profile>, Result<Rendered, RedactError>)>;
 
 /// One cached upstream answer.
 pub struct Entry {
@@ -93,6 +96,8 @@ pub struct Entry {
     /// How long the store keeps the entry: the TTL plus the larger stale window of the config
     /// it was stored under (moka's per-entry expiry; freshness is decided from `fetched_at`).
     pub retain: Duration,
+    /// The answer's fields outside its route's known shape (`None`: none, or no baseline).
+    new_fields: Option<NewFields>,
     renders: ArcSwap<Renders>,
     /// Serialises first renders, so a storm of first hits renders once.
     render_lock: Mutex<()>,
@@ -127,6 +132,7 @@ impl Entry {
             raw: Rendered::new(body),
             origin,
             retain,
+            new_fields: None,
             renders: ArcSwap::from_pointee(Vec::new()),
             render_lock: Mutex::new(()),
             expected_renders,
@@ -158,8 +164,21 @@ impl Entry {
         e
     }
 
+    /// The entry with the answer's new fields (from `drift`), which renders drop or refuse
+    /// as each profile says.
+    pub fn with_new_fields(mut self, new_fields: Option<NewFields>) -> Entry {
+        self.new_fields = new_fields;
+        self
+    }
+
+    /// The answer's fields outside its route's known shape.
+    pub fn new_fields(&self) -> Option<&NewFields> {
+        self.new_fields.as_ref()
+    }
+
     /// The body for a client: raw, or rendered through `profile`. Fails closed when the
-    /// profile cannot be applied.
+    /// profile cannot be applied (not JSON, or new fields the profile blocks); the failure is
+    /// kept like a render, so a blocked answer is judged once.
     pub fn body_for(&self, profile: Option<&Arc<Profile>>) -> Result<Rendered, RedactError> {
         let Some(profile) = profile else {
             return Ok(self.raw.clone());
@@ -171,11 +190,13 @@ impl Entry {
         if let Some(r) = find(&self.renders.load(), profile) {
             return r;
         }
-        let rendered = profile.render(&self.raw.body).ok().map(Rendered::new);
+        let rendered = profile
+            .render_checked(&self.raw.body, self.new_fields.as_ref())
+            .map(Rendered::new);
         let mut renders = Vec::clone(&self.renders.load());
         renders.push((profile.clone(), rendered.clone()));
         self.renders.store(Arc::new(renders));
-        rendered.ok_or(RedactError)
+        rendered
     }
 
     /// Age now.
@@ -210,7 +231,7 @@ fn find(renders: &Renders, profile: &Arc<Profile>) -> Option<Result<Rendered, Re
     renders
         .iter()
         .find(|(p, _)| Arc::ptr_eq(p, profile))
-        .map(|(_, r)| r.clone().ok_or(RedactError))
+        .map(|(_, r)| r.clone())
 }
 
 #[cfg(test)]

@@ -199,6 +199,16 @@ where
         }
     }
 
+    /// Drops every entry of the route `route` (its baseline changed: entries carry the new
+    /// fields found against the old one).
+    pub fn purge_route(&self, route: &str) {
+        let route: Arc<str> = route.into();
+        // Only fails if invalidation closures are disabled, which `new` enables.
+        let _ = self
+            .entries
+            .invalidate_entries_if(move |k, _| k.route() == &*route);
+    }
+
     /// Number of entries (approximate until pending maintenance runs).
     pub fn entry_count(&self) -> u64 {
         self.entries.entry_count()

@@ -141,17 +141,25 @@ impl Config {
         out.push_str(&format!(
             "routes ({}): {}\n",
             self.routes.len(),
-            names(
-                &mut self
-                    .routes
-                    .iter()
-                    .map(|r| { format!("{} (ttl {})", r.path, humantime::format_duration(r.ttl)) })
-            )
+            names(&mut self.routes.iter().map(|r| {
+                let baseline = match &r.baseline {
+                    Some(b) => format!("baseline {} ({} paths)", b.source, b.shape.len()),
+                    None => "no baseline: no drift checking".to_string(),
+                };
+                format!(
+                    "{} (ttl {}, {baseline})",
+                    r.path,
+                    humantime::format_duration(r.ttl)
+                )
+            }))
         ));
         out.push_str(&format!(
             "profiles ({}): {}\n",
             self.profiles.len(),
-            names(&mut self.profiles.iter().map(|p| p.name.to_string()))
+            names(&mut self.profiles.iter().map(|p| match p.on_new_fields() {
+                Some(mode) => format!("{} (on_new_fields {})", p.name, mode.as_str()),
+                None => format!("{} (allow-list)", p.name),
+            }))
         ));
         out.push_str(&format!(
             "clients ({}): {}\n",

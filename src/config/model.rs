@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::KeyHash;
+use crate::drift::Shape;
 use crate::redact::Profile;
 use crate::units::Rate;
 use crate::upstream::{Account, UpstreamSettings};
@@ -126,6 +127,17 @@ pub struct Route {
     /// Off by default: otherwise any caller could bust the cache and spend the account's quota
     /// with `?x=1`, `?x=2`, …
     pub forward_query: bool,
+    /// The known shape of its answers; `None`: no drift checking on this route.
+    pub baseline: Option<Baseline>,
+}
+
+/// A route's known shape (`routes.baseline`, or the built-in sample) and where it came from.
+#[derive(Debug)]
+pub struct Baseline {
+    /// `built-in` or the file's path, for `check` and `/admin/schema`.
+    pub source: String,
+    /// The field paths of the sample. A reload that reads an equal shape keeps this `Arc`.
+    pub shape: Arc<Shape>,
 }
 
 /// One caller (team).

@@ -42,6 +42,7 @@ impl Default for RawConfig {
                 path: "/iam/clients/me".into(),
                 ttl: None,
                 forward_query: false,
+                baseline: None,
             }],
             profiles: BTreeMap::new(),
             clients: Vec::new(),
@@ -200,6 +201,8 @@ pub struct RawRoute {
     pub ttl: Option<String>,
     #[serde(default)]
     pub forward_query: bool,
+    /// A JSON sample answer: its field paths are the route's known shape.
+    pub baseline: Option<String>,
 }
 
 /// One `[[clients]]` entry.

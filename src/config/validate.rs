@@ -13,6 +13,7 @@ use super::model::*;
 use super::raw;
 use super::ConfigError;
 use crate::auth::KeyHash;
+use crate::drift::{self, Shape};
 use crate::redact::Profile;
 use crate::units;
 use crate::upstream::{Account, UpstreamKey, UpstreamSettings};
@@ -385,14 +386,48 @@ impl Validator<'_> {
                 Some(t) => self.positive(&format!("routes[{i}].ttl"), t)?,
                 None => default_ttl,
             };
+            let baseline = self.baseline(i, r)?;
             routes.push(Arc::new(Route {
                 index: i,
                 path,
                 ttl,
                 forward_query: r.forward_query,
+                baseline,
             }));
         }
         Ok((routes, by_path))
+    }
+
+    /// `routes[i].baseline`: the file's shape, read now (once per load or reload); without
+    /// one, the built-in sample for `/iam/clients/me` and nothing for other routes.
+    fn baseline(&self, i: usize, r: &raw::RawRoute) -> Result<Option<Baseline>, ConfigError> {
+        let key = format!("routes[{i}].baseline");
+        let (source, shape) = match &r.baseline {
+            Some(file) => {
+                let bytes = std::fs::read(file)
+                    .map_err(|e| self.err(&key, format!("cannot read {file:?}: {e}")))?;
+                let shape = Shape::parse(&bytes)
+                    .map_err(|e| self.err(&key, format!("{file:?} is not JSON: {e}")))?;
+                (file.clone(), shape)
+            }
+            None if r.path == drift::CLIENTS_ME_ROUTE => {
+                // Built from a file compiled into the binary and checked by a unit test.
+                let shape = Shape::parse(drift::CLIENTS_ME_BASELINE.as_bytes())
+                    .map_err(|e| self.err(&key, format!("built-in baseline: {e}")))?;
+                ("built-in".to_string(), shape)
+            }
+            None => return Ok(None),
+        };
+        if shape.is_empty() {
+            return Err(self.err(
+                &key,
+                format!("{source:?} has no fields: a baseline is a sample answer (a JSON object or array)"),
+            ));
+        }
+        Ok(Some(Baseline {
+            source,
+            shape: Arc::new(shape),
+        }))
     }
 
     pub(super) fn profiles(

@@ -5,7 +5,8 @@
 //! the HTTP client while `[upstream]` is unchanged, each client limiter whose rate is
 //! unchanged, each account's breaker while its key is unchanged, usage counters by client
 //! name (and per key by client name and key hash, so renaming a key's id keeps its history),
-//! and profiles whose spec is unchanged (so cached renders stay valid). In-flight requests
+//! profiles whose spec is unchanged (so cached renders stay valid), and route baselines whose
+//! shape is unchanged (so `reload` can tell a changed one by identity). In-flight requests
 //! keep the `Arc<Generation>` they started with.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -160,6 +161,21 @@ impl Generation {
             for profile in &mut config.profiles {
                 if let Some(old) = p.config.profiles.iter().find(|o| o.same_as(profile)) {
                     *profile = old.clone();
+                }
+            }
+            // So does an unchanged baseline (the new config's routes are not shared yet).
+            for route in &mut config.routes {
+                let old = p
+                    .config
+                    .routes
+                    .iter()
+                    .find(|o| o.path == route.path)
+                    .and_then(|o| o.baseline.as_ref());
+                let new = Arc::get_mut(route).and_then(|r| r.baseline.as_mut());
+                if let (Some(old), Some(new)) = (old, new) {
+                    if old.shape == new.shape {
+                        new.shape = old.shape.clone();
+                    }
                 }
             }
         }

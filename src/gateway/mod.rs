@@ -4,9 +4,11 @@
 //! A reload re-reads the [`ConfigSource`], validates it, refuses it when a restart-only
 //! setting changed (compared as whole `PartialEq` groups, so a field added later is compared
 //! too), builds the next generation from the previous one and swaps it in atomically; then it
-//! drops cached answers of accounts that are gone or whose key changed. Each config that goes
-//! live has its key expiry dates exported as gauges and its warnings logged. Request handling
-//! is in `proxy`; serving sockets is in `server`.
+//! drops cached answers of accounts that are gone or whose key changed, and of routes whose
+//! baseline changed (their new fields were found against the old one). Each config that goes
+//! live has its key expiry dates exported as gauges and its warnings logged. Also here: the
+//! record of new fields met (`drift::seen`), which outlives reloads. Request handling is in
+//! `proxy`; serving sockets is in `server`.
 
 mod generation;
 
@@ -22,6 +24,7 @@ pub use generation::{BuildError, Generation};
 
 use crate::cache::CacheStore;
 use crate::config::Config;
+use crate::drift::seen::SeenLog;
 use crate::metrics::{AccountLabel, KeyLabels, Metrics};
 use crate::rate_limit::TokioClock;
 use crate::redis::Redis;
@@ -74,6 +77,8 @@ pub struct Gateway {
     /// Redis sharing, when `[redis]` is configured (fixed until restart).
     pub(crate) redis: Option<Arc<Redis>>,
     pub(crate) ready: AtomicBool,
+    /// New fields met in upstream answers, per route (`/admin/schema`).
+    pub(crate) schema: SeenLog,
     clock: TokioClock,
     source: Mutex<ConfigSource>,
     reload_lock: tokio::sync::Mutex<()>,
@@ -123,6 +128,7 @@ impl Gateway {
             redis,
             clock,
             ready: AtomicBool::new(false),
+            schema: SeenLog::default(),
             source: Mutex::new(source),
             reload_lock: tokio::sync::Mutex::new(()),
         });
@@ -231,6 +237,25 @@ impl Gateway {
                 if let Some(redis) = &self.redis {
                     redis.announce_purge(Some(&a.name)).await;
                 }
+            }
+        }
+        for r in &new.config.routes {
+            let old_shape = old
+                .config
+                .routes
+                .iter()
+                .find(|o| o.path == r.path)
+                .map(|o| o.baseline.as_ref().map(|b| &b.shape));
+            let new_shape = r.baseline.as_ref().map(|b| &b.shape);
+            let same = match (old_shape, new_shape) {
+                (None, _) => true, // a new route has no entries yet
+                (Some(None), None) => true,
+                (Some(Some(a)), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            };
+            if !same {
+                tracing::info!(route = %r.path, "route baseline changed; its cached answers are dropped");
+                self.cache.purge_route(&r.path);
             }
         }
         Ok(())

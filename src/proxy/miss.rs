@@ -6,17 +6,22 @@
 //! lives for the longest a fetch can take ([`lock_ttl`]), so it is never taken over while its
 //! holder still works. Redis trouble falls back to a local fetch. On failure nothing is
 //! stored: the previous good copy stays (a failed refresh never evicts).
+//!
+//! Each new answer is checked once against its route's baseline (`drift`): an upstream answer
+//! with new fields is reported (one WARN per path per process, the counter, `/admin/schema`);
+//! a copy from another replica is checked but not reported again (its fetcher did).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
 use crate::cache::{l2, CacheKey, Entry, FetchPanicked, Flight, Origin};
 use crate::config::Route;
+use crate::drift::NewFields;
 use crate::gateway::{AccountState, Gateway, Generation};
-use crate::metrics::{AccountLabel, UpstreamLabels};
+use crate::metrics::{AccountLabel, RouteLabel, UpstreamLabels};
 use crate::redis::{Lock, Redis, POLL_EVERY};
 use crate::upstream::breaker::Transition;
 use crate::upstream::{Admission, UpstreamFailure, UpstreamSettings};
@@ -166,6 +171,8 @@ impl Miss {
         if e.age(Instant::now()) >= self.route.ttl {
             return None;
         }
+        let new_fields = self.new_fields(&e.raw.body);
+        let e = e.with_new_fields(new_fields);
         self.gw.metrics.l2_hits.inc();
         Some(Arc::new(e))
     }
@@ -247,13 +254,20 @@ impl Miss {
                     tracing::info!(account = %account.account.name, "upstream healthy again; circuit closed");
                     gauge().set(0);
                 }
-                Ok(Arc::new(Entry::new(
-                    body,
-                    Instant::now(),
-                    Origin::Upstream(elapsed),
-                    self.generation.retain(self.route.ttl),
-                    self.generation.config.profiles.len(),
-                )))
+                let new_fields = self.new_fields(&body);
+                if let Some(new) = &new_fields {
+                    self.report(new);
+                }
+                Ok(Arc::new(
+                    Entry::new(
+                        body,
+                        Instant::now(),
+                        Origin::Upstream(elapsed),
+                        self.generation.retain(self.route.ttl),
+                        self.generation.config.profiles.len(),
+                    )
+                    .with_new_fields(new_fields),
+                ))
             }
             Err(f) => {
                 if matches!(f, UpstreamFailure::BudgetExhausted { .. }) {
@@ -294,6 +308,42 @@ impl Miss {
                 );
                 Err(f)
             }
+        }
+    }
+}
+
+impl Miss {
+    /// The body's fields outside the route's baseline (`None`: none, or no baseline).
+    fn new_fields(&self, body: &[u8]) -> Option<NewFields> {
+        self.route.baseline.as_ref()?.shape.check(body)
+    }
+
+    /// Reports one upstream answer with new fields: the counter, the record behind
+    /// `/admin/schema`, and a WARN for each path this process meets for the first time. Paths
+    /// are field names; no value of the answer is ever logged.
+    fn report(&self, new: &NewFields) {
+        let route = &self.route.path;
+        self.gw
+            .metrics
+            .upstream_new_fields
+            .get_or_create(&RouteLabel {
+                route: route.clone(),
+            })
+            .inc();
+        let recorded = self.gw.schema.record(route, new.paths(), SystemTime::now());
+        for path in &recorded.first {
+            tracing::warn!(
+                route = %route,
+                path = %path,
+                "upstream answer has a field outside the route's baseline (shape drift)"
+            );
+        }
+        if recorded.became_full {
+            tracing::warn!(
+                route = %route,
+                limit = crate::drift::seen::MAX_PATHS_PER_ROUTE,
+                "too many new field paths on this route; further ones are counted, not listed or logged"
+            );
         }
     }
 }

@@ -32,6 +32,7 @@ use crate::error::GatewayError;
 use crate::gateway::{Gateway, Generation};
 use crate::metrics::{ClientLabel, ReasonLabel, RequestLabels};
 use crate::rate_limit::RateLimitInfo;
+use crate::redact::RedactError;
 use crate::routing;
 use crate::units::unix_ms;
 use crate::upstream::UpstreamFailure;
@@ -238,11 +239,20 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
 
     // 5. redact
     let profile = client.profile.map(|i| &config.profiles[i]);
-    let rendered = entry.body_for(profile).map_err(|_| {
-        tracing::error!(
-            client = %client.name,
-            "upstream body could not be redacted; answering 502 (fail closed)"
-        );
+    let rendered = entry.body_for(profile).map_err(|e| {
+        match e {
+            RedactError::NotJson => tracing::error!(
+                client = %client.name,
+                "upstream body could not be redacted; answering 502 (fail closed)"
+            ),
+            // The new paths were logged (WARN) when the answer was fetched; this repeats
+            // for every request while the answer is cached.
+            RedactError::NewFields => tracing::debug!(
+                client = %client.name,
+                route = %route.path,
+                "answer has fields outside the route's baseline and the client's profile blocks them; answering 502"
+            ),
+        }
         GatewayError::UpstreamError
     })?;
 

@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod drift;
 mod harness;
 mod hostile;
 mod keys;

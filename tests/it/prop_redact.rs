@@ -109,6 +109,7 @@ fn compile(remove: &[String], mask: &[String], allow: Option<&[String]>) -> Prof
         remove: remove.to_vec(),
         mask: mask.to_vec(),
         allow: allow.map(<[String]>::to_vec),
+        ..Default::default()
     };
     Profile::compile("prop", &raw).unwrap_or_else(|e| panic!("{}: {}", e.key, e.message))
 }

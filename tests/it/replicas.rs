@@ -13,6 +13,7 @@ const ME: &str = "/iam/clients/me";
 pub(crate) struct Redis {
     pub(crate) port: u16,
     child: Option<Child>,
+    dir: std::path::PathBuf,
 }
 
 impl Redis {
@@ -30,7 +31,11 @@ impl Redis {
 
     /// Starts `program` (redis-server or redis-sentinel) with `args`, listening on `port`.
     fn spawn(program: &str, port: u16, args: &[&str]) -> Redis {
+        // In a directory of its own: a replica writes the primary's snapshot to its working
+        // directory, and a later redis-server started there would load it.
+        let dir = scratch_dir(&format!("{program}-{port}"));
         let child = Command::new(program)
+            .current_dir(&dir)
             .args(args)
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -42,6 +47,7 @@ impl Redis {
         let r = Redis {
             port,
             child: Some(child),
+            dir,
         };
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -68,6 +74,7 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -744,8 +751,10 @@ async fn behind_sentinel_the_shared_limit_survives_a_failover() {
         &conf,
         format!(
             "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor gw 127.0.0.1 {} 1\n\
-             sentinel down-after-milliseconds gw 1000\nsentinel failover-timeout gw 5000\n",
-            primary.port
+             sentinel down-after-milliseconds gw 1000\nsentinel failover-timeout gw 5000\n\
+             logfile {}\n",
+            primary.port,
+            dir.join("sentinel.log").display()
         ),
     )
     .unwrap();
@@ -775,7 +784,7 @@ async fn behind_sentinel_the_shared_limit_survives_a_failover() {
         &format!(
             "[[clients]]\nname = \"poke\"\nkeys = [\"{}\"]\naccount = \"B\"\nrate = \"100/s\"\nburst = 100\n\n\
              [redis]\nurl = \"redis://sentinel-gives-the-host\"\nsentinels = [\"127.0.0.1:{sentinel_port}\"]\n\
-             sentinel_master = \"gw\"\nkey_prefix = \"s:\"\ntimeout = \"200ms\"\npool_size = 1\n",
+             sentinel_master = \"gw\"\nkey_prefix = \"s:\"\ntimeout = \"1s\"\npool_size = 1\n",
             hash(POKE)
         ),
     )
@@ -788,11 +797,29 @@ async fn behind_sentinel_the_shared_limit_survives_a_failover() {
     let g2 = Harness::start(&cfg).await;
     wait_redis_up(&[&g1, &g2]).await;
     let allowed = |answers: Vec<Answer>| answers.iter().filter(|a| a.status == 200).count();
-    assert_eq!(
-        allowed(concurrent_gets(&[&g1, &g2], ME, KEY_ALPHA, 12).await),
-        4
-    );
+    let answers = concurrent_gets(&[&g1, &g2], ME, KEY_ALPHA, 12).await;
+    let statuses: Vec<(u16, String)> = answers
+        .iter()
+        .map(|a| (a.status, a.body.chars().take(80).collect()))
+        .collect();
+    assert_eq!(allowed(answers), 4, "{statuses:?}");
 
+    // The replica is in sync (the sentinel promotes only a replica with a live link).
+    let mut replica = redis::Client::open(format!("redis://127.0.0.1:{replica_port}"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for i in 0.. {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut replica)
+            .unwrap();
+        if info.contains("master_link_status:up") {
+            break;
+        }
+        assert!(i < 300, "the replica never synced: {info}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The primary dies; the sentinel promotes the replica.
     drop(primary);
     let started = std::time::Instant::now();
@@ -805,7 +832,11 @@ async fn behind_sentinel_the_shared_limit_survives_a_failover() {
         if addr.is_some_and(|(_, p)| p == replica_port) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "no failover");
+        assert!(
+            started.elapsed() < Duration::from_secs(45),
+            "no failover: {}",
+            std::fs::read_to_string(dir.join("sentinel.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // The replicas notice on their next Redis call and ask the sentinel again.
@@ -820,16 +851,15 @@ async fn behind_sentinel_the_shared_limit_survives_a_failover() {
             0
         };
         assert!(
-            started.elapsed() < Duration::from_secs(45),
+            started.elapsed() < Duration::from_secs(60),
             "never back on Redis"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // One limit again, on the new primary: a fresh client's burst holds across both.
-    assert_eq!(
-        allowed(concurrent_gets(&[&g1, &g2], ME, KEY_BETA, 12).await),
-        4
-    );
+    let answers = concurrent_gets(&[&g1, &g2], ME, KEY_BETA, 12).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(allowed(answers), 4, "{statuses:?}");
     g1.stop().await;
     g2.stop().await;
     let _ = std::fs::remove_dir_all(dir);

@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use gcore_gateway::auth::KeyHash;
 use gcore_gateway::config::{Config, SecretSource};
 
-use crate::support::Edit;
-
 /// Resolves every secret reference: these configs are checked for their client keys only.
 struct AnySecret;
 
