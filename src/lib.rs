@@ -19,7 +19,8 @@
 //! | `redis` | the Redis connection, its up/down window, L2/lock/purge operations |
 //! | `upstream` | the HTTP client, the Gcore key (only place it is exposed), retries, breaker |
 //! | [`config`] | TOML → validated runtime form |
-//! | [`auth`], [`routing`], [`redact`], [`units`], `error`, `metrics` | small pure leaves |
+//! | [`tls`] | caller-port TLS: the PEM files read into a rustls server config, certificate facts |
+//! | [`auth`], [`forwarded`], [`routing`], [`redact`], [`units`], `error`, `metrics` | small pure leaves |
 //! | [`demo`] | the fake upstream and config of `gcore-gateway demo` |
 //!
 //! The public surface is what the binary, the integration tests and the benchmarks use;
@@ -34,6 +35,7 @@ mod cache;
 pub mod config;
 pub mod demo;
 mod error;
+pub mod forwarded;
 mod gateway;
 mod metrics;
 pub mod proxy;
@@ -42,6 +44,7 @@ pub mod redact;
 mod redis;
 pub mod routing;
 pub mod server;
+pub mod tls;
 pub mod units;
 mod upstream;
 
