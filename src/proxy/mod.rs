@@ -41,7 +41,8 @@ use miss::Miss;
 struct Ctx {
     gw: Arc<Gateway>,
     generation: Arc<Generation>,
-    peer: IpAddr,
+    /// The caller's address: the TCP peer, or the forwarded client behind a trusted proxy.
+    client_ip: IpAddr,
     client: Option<usize>,
     route: Option<usize>,
     cache: Option<CacheStatus>,
@@ -65,10 +66,16 @@ pub(crate) async fn handle_with_id<B>(
     request_id: &RequestId,
 ) -> Response<Bytes> {
     let started = Instant::now();
+    let generation = gw.current();
+    let client_ip = generation
+        .config
+        .server
+        .trusted_proxies
+        .client_ip(peer, req.headers());
     let mut ctx = Ctx {
-        generation: gw.current(),
+        generation,
         gw,
-        peer,
+        client_ip,
         client: None,
         route: None,
         cache: None,
@@ -98,7 +105,7 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
     shape::check(&config.server.conn, req)?;
 
     // 1. authenticate
-    let client = authenticate(&ctx.gw, &generation, ctx.peer, req.headers())?;
+    let client = authenticate(&ctx.gw, &generation, ctx.client_ip, req.headers())?;
     ctx.client = Some(client.index);
     let state = &generation.clients[client.index];
     state.usage.touch();
@@ -240,11 +247,11 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
 fn authenticate<'g>(
     gw: &Gateway,
     generation: &'g Generation,
-    peer: IpAddr,
+    client_ip: IpAddr,
     headers: &http::HeaderMap,
 ) -> Result<&'g Arc<Client>, GatewayError> {
     if let Some(t) = &generation.auth_throttle {
-        if let Err(retry_after) = t.check(peer) {
+        if let Err(retry_after) = t.check(client_ip) {
             gw.metrics.auth_throttled.inc();
             return Err(GatewayError::AuthThrottled { retry_after });
         }
@@ -256,7 +263,7 @@ fn authenticate<'g>(
     match found {
         Some(i) => Ok(&generation.config.clients[i]),
         None => {
-            gw.auth_failed(generation, peer);
+            gw.auth_failed(generation, client_ip);
             Err(GatewayError::Unauthorized)
         }
     }
@@ -285,7 +292,7 @@ fn record<B>(
             request_id: request_id.as_str(),
             client: client.map_or("anonymous", |c| c),
             key: None,
-            client_ip: ctx.peer,
+            client_ip: ctx.client_ip,
             route: route.map_or("other", |r| r),
             method: shape::method_label(req.method()),
             status,

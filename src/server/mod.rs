@@ -51,7 +51,9 @@ use crate::gateway::Gateway;
 use crate::metrics::RequestLabels;
 use crate::proxy::{HasBody, RequestId};
 
+mod stream;
 mod watchdog;
+use stream::CallerStream;
 use watchdog::{Busy, ConnClock, Expiry, Watched};
 
 /// Listen backlog: large enough that a storm of new connections queues instead of being
@@ -209,7 +211,7 @@ async fn serve_callers(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let limits = Limits::from_settings(&gw.peek().config.server);
-    let builder = builder(&limits);
+    let builder = Arc::new(builder(&limits));
     let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
@@ -237,32 +239,53 @@ async fn serve_callers(
         let _ = stream.set_nodelay(true);
         let clock = Arc::new(ConnClock::new());
         let svc = service(gw.clone(), peer, clock.clone(), in_flight.clone());
-        let io = TokioIo::new(Watched {
+        let watched = Watched {
             io: stream,
             clock: clock.clone(),
-        });
-        let conn = builder.serve_connection(io, svc).into_owned();
+        };
+        // The certificate of the generation current at accept: a reload changes what new
+        // handshakes present, never an open connection.
+        let tls = gw.peek().config.server.tls.as_ref().map(|t| t.acceptor());
         let mut phase = phase_rx.clone();
         let gw = gw.clone();
+        let builder = builder.clone();
         gw.metrics.connections.inc();
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            loop {
-                tokio::select! {
-                    _ = conn.as_mut() => break,
-                    why = clock.expired(&limits) => {
-                        tracing::debug!(%peer, reason = why.as_str(), "closing caller connection");
-                        if why == Expiry::Idle {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await;
+            let io = match tls {
+                None => Some(CallerStream::Plain(watched)),
+                Some(acceptor) => {
+                    stream::handshake(
+                        acceptor,
+                        watched,
+                        &clock,
+                        &limits,
+                        &mut phase,
+                        &gw.metrics,
+                        peer,
+                    )
+                    .await
+                }
+            };
+            if let Some(io) = io {
+                let conn = builder.serve_connection(TokioIo::new(io), svc);
+                let mut conn = std::pin::pin!(conn);
+                loop {
+                    tokio::select! {
+                        _ = conn.as_mut() => break,
+                        why = clock.expired(&limits) => {
+                            tracing::debug!(%peer, reason = why.as_str(), "closing caller connection");
+                            if why == Expiry::Idle {
+                                conn.as_mut().graceful_shutdown();
+                                let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await;
+                            }
+                            break;
                         }
-                        break;
+                        changed = phase.changed() => match changed.map(|_| *phase.borrow()) {
+                            Ok(Phase::Draining) => conn.as_mut().graceful_shutdown(),
+                            Ok(Phase::Serving) => {}
+                            Ok(Phase::Closing) | Err(_) => break,
+                        },
                     }
-                    changed = phase.changed() => match changed.map(|_| *phase.borrow()) {
-                        Ok(Phase::Draining) => conn.as_mut().graceful_shutdown(),
-                        Ok(Phase::Serving) => {}
-                        Ok(Phase::Closing) | Err(_) => break,
-                    },
                 }
             }
             gw.metrics.connections.dec();
