@@ -1,8 +1,10 @@
 //! The caller-facing request handler: the pipeline, top to bottom.
 //!
-//! shape → authenticate → rate limit → route → cache (or [`miss`]) → redact → respond. Each
-//! step is a call into the room that owns it, walking one request context ([`Ctx`]) that
-//! collects what the access log and metrics need. Rooms here: [`shape`] (refusals before any
+//! client address → shape → authenticate → rate limit → route → cache (or [`miss`]) → redact →
+//! respond. The client address is the TCP peer, or behind `server.trusted_proxies` the
+//! forwarded one (`forwarded`); it is what the failed-auth throttle counts and the access log
+//! names. Each step is a call into the room that owns it, walking one request context
+//! ([`Ctx`]) that collects what the access log and metrics need. Rooms here: [`shape`] (refusals before any
 //! key is looked at), [`miss`] (what a cache miss does, handed to the cache as a fetch),
 //! [`respond`] (headers, 304, request ids), [`access_log`] (the log line and request
 //! metrics). Sockets, connection limits and panics are `server`'s; the error→status table is

@@ -2,7 +2,9 @@
 //! graceful shutdown.
 //!
 //! The caller port is served by hyper directly: HTTP/1.1 and prior-knowledge h2c through
-//! `hyper-util`'s auto builder (no `Upgrade: h2c`, no CONNECT tunnels). Around every connection:
+//! `hyper-util`'s auto builder (no `Upgrade: h2c`, no CONNECT tunnels), or, with
+//! `server.tls_cert_file`, only TLS carrying HTTP/1.1 or h2 (ALPN) — see `stream`. Around every
+//! connection:
 //!
 //! * a slot of `server.max_connections`, taken *before* `accept`, so excess connections wait in
 //!   the kernel backlog instead of in a queue of ours;
@@ -11,7 +13,9 @@
 //!   byte of each later request) or when no request has been in flight for
 //!   `server.keep_alive_timeout`. hyper's own `header_read_timeout` is deliberately not used:
 //!   it also runs while a keep-alive connection sits idle, which would cut every idle period
-//!   down to the header timeout.
+//!   down to the header timeout. A TLS handshake counts as part of the first head;
+//! * the TLS setup of the generation current at accept (a reload changes what new handshakes
+//!   present; an open connection keeps its own).
 //!
 //! Around every request: a slot of the in-flight cap taken without waiting (none free → 503 at
 //! once), a `HasBody` marker so that `proxy` can refuse GET/HEAD bodies (bodies are never
@@ -162,6 +166,7 @@ pub async fn run(
     gw.ready.store(true, Ordering::Release);
     tracing::info!(
         listen = %listener.local_addr()?,
+        tls = gw.peek().config.server.tls.is_some(),
         "gcore-gateway serving"
     );
     let result = serve_callers(gw.clone(), listener, stop_rx).await;

@@ -6,6 +6,7 @@
 mod support;
 
 mod cli;
+mod forwarded;
 mod hostile;
 mod observability;
 mod prop_parsers;
