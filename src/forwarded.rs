@@ -25,7 +25,9 @@ impl TrustedProxies {
         s.parse::<IpNet>()
             .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
             .map(|n| n.trunc())
-            .map_err(|_| format!("invalid CIDR {s:?}: expected e.g. 10.0.0.0/8, fd00::/8 or 192.0.2.7"))
+            .map_err(|_| {
+                format!("invalid CIDR {s:?}: expected e.g. 10.0.0.0/8, fd00::/8 or 192.0.2.7")
+            })
     }
 
     /// A list of networks.
@@ -172,11 +174,15 @@ mod tests {
     #[test]
     fn entries_parse_as_cidr_or_address() {
         assert_eq!(
-            TrustedProxies::parse_entry("10.1.2.3/8").unwrap().to_string(),
+            TrustedProxies::parse_entry("10.1.2.3/8")
+                .unwrap()
+                .to_string(),
             "10.0.0.0/8"
         );
         assert_eq!(
-            TrustedProxies::parse_entry("192.0.2.7").unwrap().to_string(),
+            TrustedProxies::parse_entry("192.0.2.7")
+                .unwrap()
+                .to_string(),
             "192.0.2.7/32"
         );
         assert!(TrustedProxies::parse_entry("10.0.0.0/33").is_err());

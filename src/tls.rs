@@ -218,8 +218,12 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 /// Subject and validity of a certificate.
 fn facts(cert: &CertificateDer<'_>) -> Result<(String, SystemTime, SystemTime), TlsError> {
     use x509_cert::der::Decode;
-    let parsed = x509_cert::Certificate::from_der(cert.as_ref())
-        .map_err(|e| err(CERT_KEY, format!("the first certificate cannot be parsed: {e}")))?;
+    let parsed = x509_cert::Certificate::from_der(cert.as_ref()).map_err(|e| {
+        err(
+            CERT_KEY,
+            format!("the first certificate cannot be parsed: {e}"),
+        )
+    })?;
     let tbs = &parsed.tbs_certificate;
     Ok((
         tbs.subject.to_string(),
@@ -242,7 +246,9 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.key, CERT_KEY);
-        assert!(e.to_string().starts_with("server.tls_cert_file: cannot read"));
+        assert!(e
+            .to_string()
+            .starts_with("server.tls_cert_file: cannot read"));
     }
 
     #[test]

@@ -169,7 +169,14 @@ impl Config {
         if !self.server.trusted_proxies.is_empty() {
             out.push_str(&format!(
                 "trusted proxies: {}\n",
-                names(&mut self.server.trusted_proxies.nets().iter().map(|n| n.to_string()))
+                names(
+                    &mut self
+                        .server
+                        .trusted_proxies
+                        .nets()
+                        .iter()
+                        .map(|n| n.to_string())
+                )
             ));
         }
         out

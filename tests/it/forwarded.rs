@@ -132,8 +132,18 @@ async fn the_access_log_names_the_forwarded_client_only_behind_a_trusted_proxy()
     let bin = Binary::start(&cfg(&up.url(), "30/m", "[\"127.0.0.1\", \"10.0.0.0/8\"]"));
     let url = bin.url(ME);
     let cases = [
-        ("127.0.0.1", Some("6.6.6.6, 203.0.113.7"), "fwd-1", "203.0.113.7"),
-        ("127.0.0.1", Some("203.0.113.8, 10.1.2.3"), "fwd-2", "203.0.113.8"),
+        (
+            "127.0.0.1",
+            Some("6.6.6.6, 203.0.113.7"),
+            "fwd-1",
+            "203.0.113.7",
+        ),
+        (
+            "127.0.0.1",
+            Some("203.0.113.8, 10.1.2.3"),
+            "fwd-2",
+            "203.0.113.8",
+        ),
         ("127.0.0.1", None, "fwd-3", "127.0.0.1"),
         ("127.0.0.2", Some("203.0.113.9"), "fwd-4", "127.0.0.2"),
     ];
@@ -152,10 +162,11 @@ async fn the_access_log_names_the_forwarded_client_only_behind_a_trusted_proxy()
 
 #[test]
 fn trusted_proxies_entries_are_validated() {
-    let bad = cfg("http://127.0.0.1:9", "30/m", "[\"10.0.0.0/8\", \"proxy.local\"]");
-    let e = gcore_gateway::config::Config::parse(&bad, "t", &secrets()).unwrap_err();
-    assert!(
-        e.to_string().contains("server.trusted_proxies[1]"),
-        "{e}"
+    let bad = cfg(
+        "http://127.0.0.1:9",
+        "30/m",
+        "[\"10.0.0.0/8\", \"proxy.local\"]",
     );
+    let e = gcore_gateway::config::Config::parse(&bad, "t", &secrets()).unwrap_err();
+    assert!(e.to_string().contains("server.trusted_proxies[1]"), "{e}");
 }

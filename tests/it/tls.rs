@@ -58,8 +58,7 @@ impl Ca {
     ) -> Leaf {
         let key = KeyPair::generate_for(alg).unwrap();
         let mut p =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
         p.not_after = rcgen::date_time_ymd(expires_year, 1, 1);
         p.extended_key_usages = vec![usage];
@@ -297,7 +296,11 @@ async fn reload_rotates_the_certificate_for_new_handshakes_and_open_connections_
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(peer_cert(&r), second.der, "a new handshake sees the new one");
+    assert_eq!(
+        peer_cert(&r),
+        second.der,
+        "a new handshake sees the new one"
+    );
     let r = get(&old_client, &https(&gw, ME), KEY_ALPHA).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
@@ -323,8 +326,10 @@ async fn a_bad_pair_is_refused_on_reload_and_the_old_certificate_keeps_serving()
     let gw = Harness::start(&text).await;
     let other = ca.server("other");
 
-    let secret_looking = "-----BEGIN PRIVATE KEY-----\nTOPSECRETKEYMATERIAL!!\n-----END PRIVATE KEY-----\n";
-    let cases: [(&str, Box<dyn Fn()>, &str); 4] = [
+    let secret_looking =
+        "-----BEGIN PRIVATE KEY-----\nTOPSECRETKEYMATERIAL!!\n-----END PRIVATE KEY-----\n";
+    type Breakage<'a> = Box<dyn Fn() + 'a>;
+    let cases: [(&str, Breakage<'_>, &str); 4] = [
         (
             "mismatched key",
             Box::new(|| dir.write("tls.key", &other.key_pem)),
@@ -353,7 +358,10 @@ async fn a_bad_pair_is_refused_on_reload_and_the_old_certificate_keeps_serving()
         assert_eq!(r.status(), 400, "{what}");
         let body = r.text().await.unwrap();
         assert!(body.contains(expected), "{what}: {body}");
-        assert!(!body.contains("TOPSECRET"), "{what}: key bytes quoted: {body}");
+        assert!(
+            !body.contains("TOPSECRET"),
+            "{what}: key bytes quoted: {body}"
+        );
         // A new handshake still gets the old certificate.
         let r = get(&client(&ca, None), &https(&gw, ME), KEY_ALPHA)
             .await
@@ -414,7 +422,11 @@ async fn client_certificates_are_required_with_a_client_ca_and_team_keys_still_a
     let r = get(&http, &https(&gw, ME), KEY_ALPHA).await.unwrap();
     assert_eq!(r.status(), 200);
     let r = get(&http, &https(&gw, ME), "not-a-team-key").await.unwrap();
-    assert_eq!(r.status(), 401, "a client certificate does not replace the key");
+    assert_eq!(
+        r.status(),
+        401,
+        "a client certificate does not replace the key"
+    );
     let r = http.get(https(&gw, ME)).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let m = gw.metrics().await;
@@ -454,7 +466,10 @@ async fn a_stalled_handshake_is_cut_by_the_header_timeout() {
     assert_eq!(r.status(), 200);
     let m = gw.metrics().await;
     assert_eq!(
-        sample(&m, "gateway_tls_handshake_failures_total{reason=\"timeout\"}"),
+        sample(
+            &m,
+            "gateway_tls_handshake_failures_total{reason=\"timeout\"}"
+        ),
         2.0,
         "{m}"
     );
@@ -480,7 +495,11 @@ fn check_validates_the_pair_and_prints_subject_and_expiry() {
     dir.write("gateway.toml", &text);
     let out = check(&dir.path("gateway.toml"));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("CN=gateway.example"), "{stdout}");
     assert!(stdout.contains("2031-01-01T00:00:00Z"), "{stdout}");
     assert!(stdout.contains("client certificates required"), "{stdout}");
