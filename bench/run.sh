@@ -252,13 +252,18 @@ make_cert() {
 	[[ -s $dir/tls.crt ]] || die "cannot make the scenario 6 certificate"
 }
 
-# The checked-out commit, read from .git without running git.
+# The checked-out commit, read from .git without running git (also in a worktree, where .git
+# is a file naming the real git directory, and branch refs live in the common directory).
 head_commit() {
-	local head ref
-	head=$(cat .git/HEAD 2>/dev/null || echo '?')
+	local dir=.git common head ref
+	[[ -f .git ]] && dir=$(sed -n 's/^gitdir: //p' .git)
+	common=$dir
+	[[ -f $dir/commondir ]] && common=$dir/$(cat "$dir/commondir")
+	head=$(cat "$dir/HEAD" 2>/dev/null || echo '?')
 	if [[ $head == "ref: "* ]]; then
 		ref=${head#ref: }
-		head=$(cat ".git/$ref" 2>/dev/null || grep " $ref\$" .git/packed-refs 2>/dev/null | cut -d' ' -f1 || echo '?')
+		head=$(cat "$dir/$ref" 2>/dev/null || cat "$common/$ref" 2>/dev/null ||
+			grep " $ref\$" "$common/packed-refs" 2>/dev/null | cut -d' ' -f1 || echo '?')
 	fi
 	echo "${head:0:10}"
 }
