@@ -3,34 +3,39 @@
 # Varnish configured as the equivalent caching proxy, and against a bare hyper server (the
 # limit of this stack), all in front of one fake Gcore upstream, on loopback, in one run.
 #
-#   bench/run.sh                                   # everything, as in BENCHMARKS.md (~15 min)
+#   bench/run.sh                                   # everything, as in BENCHMARKS.md (~17 min)
 #   ROUND_SECS=3 ROUNDS=1 S3_SECS=15 bench/run.sh  # a quick smoke run (~2 min)
 #   SCENARIOS="1 2" bench/run.sh                   # only the hit-path scenarios
+#   SCENARIOS=6 bench/run.sh                       # only hits over TLS
 #
 # Scenarios: 1 hits, client without profile or rate; 2 hits, client with the `minimal` profile
 # and a rate that never triggers (1 and 2 run interleaved in one table); 3 upstream economy
 # (saturating load for S3_SECS with a short TTL and stale-while-revalidate: upstream calls);
 # 4 cold storm (STORM_N concurrent first requests, each on a new connection, upstream latency
 # STORM_DELAY_MS: upstream calls and latency); 5 many accounts (S5_ACCOUNTS accounts cached:
-# RSS and hit throughput).
+# RSS and hit throughput); 6 hits over TLS (keep-alive): the gateway terminating TLS itself
+# against nginx-2w terminating TLS with the same certificate, both next to their plain-HTTP
+# selves, interleaved in one table.
 #
 # Settings (environment):
-#   SCENARIOS="1 2 3 4 5"  ROUNDS=3  ROUND_SECS=10  WARMUP_SECS=2  CONNS=64  THREADS=2
+#   SCENARIOS="1 2 3 4 5 6"  ROUNDS=3  ROUND_SECS=10  WARMUP_SECS=2  CONNS=64  THREADS=2
 #   S3_SECS=60  S3_TTL=5  S3_DELAY_MS=50  S3_SYSTEMS="gateway nginx varnish"
 #   STORM_N=1000  STORM_DELAY_MS=200  S5_ACCOUNTS=10000
+#   TLS_KEY=ec     the scenario 6 certificate's key: ec (ECDSA P-256) or rsa (RSA 2048)
 #   ACCESS_LOG=0   1 adds "gateway-accesslog": a second gateway with its JSON access log on
 #   PROFILE=0      1 records a perf profile of the gateway's hit path (needs perf)
 #   BUILD=1  INSTALL=1  BASE_PORT=18400  OUT=target/bench/<date> (results, configs, logs)
 #
-# Needs: a Rust toolchain, python3, curl; nginx, varnish and wrk are installed with apt-get
-# when missing (as root). Every process it starts is stopped on exit, also on Ctrl-C. Only
+# Needs: a Rust toolchain, python3, curl; nginx, varnish, wrk and (scenario 6) openssl are
+# installed with apt-get when missing (as root). When nginx cannot be installed (neither
+# `nginx` nor `nginx-light`), the nginx systems are skipped with a message. Every process it starts is stopped on exit, also on Ctrl-C. Only
 # 127.0.0.1 is ever contacted.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-SCENARIOS=${SCENARIOS:-"1 2 3 4 5"}
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6"}
 ROUNDS=${ROUNDS:-3}
 ROUND_SECS=${ROUND_SECS:-10}
 WARMUP_SECS=${WARMUP_SECS:-2}
@@ -43,6 +48,7 @@ S3_SYSTEMS=${S3_SYSTEMS:-"gateway nginx varnish"}
 STORM_N=${STORM_N:-1000}
 STORM_DELAY_MS=${STORM_DELAY_MS:-200}
 S5_ACCOUNTS=${S5_ACCOUNTS:-10000}
+TLS_KEY=${TLS_KEY:-ec}
 ACCESS_LOG=${ACCESS_LOG:-0}
 PROFILE=${PROFILE:-0}
 BUILD=${BUILD:-1}
@@ -68,6 +74,9 @@ P_VARNISH=$((BASE_PORT + 8))
 P_S3=$((BASE_PORT + 10))
 P_S5_GW=$((BASE_PORT + 20))
 P_S5_NGINX=$((BASE_PORT + 22))
+P_TLS_GW=$((BASE_PORT + 24))
+P_TLS_NGINX=$((BASE_PORT + 26))
+HAVE_NGINX=1 # 0 when nginx could not be installed: its systems are skipped
 
 has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 log() { printf '\n== %s\n' "$*" >&2; }
@@ -128,7 +137,9 @@ forget() {
 wait_port() {
 	local port=$1 name=$2 i
 	for i in $(seq 1 150); do
-		if [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" || true) != 000 ]]; then
+		# Any HTTP answer, over plain HTTP or (the TLS systems) HTTPS, means it is up.
+		if [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/" || true) != 000 ]] ||
+			[[ $(curl -sk -o /dev/null -w '%{http_code}' --max-time 1 "https://127.0.0.1:$port/" || true) != 000 ]]; then
 			return 0
 		fi
 		sleep 0.1
@@ -141,11 +152,17 @@ wait_port() {
 prepare() {
 	ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 	local missing=() pkg
-	command -v nginx >/dev/null || missing+=(nginx)
 	command -v varnishd >/dev/null || missing+=(varnish)
 	command -v wrk >/dev/null || missing+=(wrk)
 	command -v python3 >/dev/null || missing+=(python3)
 	command -v curl >/dev/null || missing+=(curl)
+	if has 6; then command -v openssl >/dev/null || missing+=(openssl); fi
+	if ! command -v nginx >/dev/null; then
+		install_nginx || {
+			HAVE_NGINX=0
+			log "nginx is not installed and could not be (apt-get install nginx / nginx-light): skipping the nginx systems"
+		}
+	fi
 	if ((${#missing[@]})); then
 		[[ $INSTALL == 1 ]] || die "missing: ${missing[*]} (INSTALL=0)"
 		[[ $(id -u) == 0 ]] || die "missing: ${missing[*]}; run as root or install them"
@@ -162,7 +179,8 @@ prepare() {
 			rm -f /usr/sbin/policy-rc.d
 			CREATED_POLICY=0
 		fi
-		for pkg in nginx varnishd wrk python3 curl; do command -v "$pkg" >/dev/null || die "$pkg still missing"; done
+		for pkg in varnishd wrk python3 curl; do command -v "$pkg" >/dev/null || die "$pkg still missing"; done
+		if has 6; then command -v openssl >/dev/null || die "openssl still missing"; fi
 	fi
 	if [[ $PROFILE == 1 ]] && ! command -v perf >/dev/null; then
 		die "PROFILE=1 needs perf (apt-get install linux-perf)"
@@ -184,7 +202,7 @@ prepare() {
 		echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 		echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(free -g | awk '/Mem:/{print $2}') GiB, kernel $(uname -r)"
 		echo "gateway: commit $(head_commit), $(rustc --version)"
-		echo "others:  $(nginx -v 2>&1 | sed 's/.*: //'), $(varnishd -V 2>&1 | head -1 | sed 's/varnishd (\(.*\) revision.*/\1/'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+		echo "others:  $( ((HAVE_NGINX)) && nginx -v 2>&1 | sed 's/.*: //' || echo 'no nginx'), $(varnishd -V 2>&1 | head -1 | sed 's/varnishd (\(.*\) revision.*/\1/'), $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
 		echo "load:    wrk -t$THREADS -c$CONNS keep-alive, $ROUNDS rounds x ${ROUND_SECS}s interleaved, ${WARMUP_SECS}s warm-up each, body $(wc -c <bench/body.json) B"
 		echo "loadavg: $(cut -d' ' -f1-3 /proc/loadavg) at start (anything else running on the 2 cores skews every number)"
 		echo "command: SCENARIOS=\"$SCENARIOS\" ROUNDS=$ROUNDS ROUND_SECS=$ROUND_SECS S3_SECS=$S3_SECS S3_TTL=$S3_TTL STORM_N=$STORM_N STORM_DELAY_MS=$STORM_DELAY_MS S5_ACCOUNTS=$S5_ACCOUNTS bench/run.sh"
@@ -192,13 +210,60 @@ prepare() {
 	cat "$OUT/meta.txt" >&2
 }
 
-# The checked-out commit, read from .git without running git.
+# Installs nginx (or the smaller nginx-light) with apt-get; fails when neither can be.
+install_nginx() {
+	[[ $INSTALL == 1 && $(id -u) == 0 ]] || return 1
+	local created=0 pkg ok=1
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod +x /usr/sbin/policy-rc.d
+		created=1
+	fi
+	log "installing nginx"
+	apt-get update -qq || true
+	for pkg in nginx nginx-light; do
+		if DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 &&
+			command -v nginx >/dev/null; then
+			ok=0
+			break
+		fi
+	done
+	if [[ $created == 1 ]]; then rm -f /usr/sbin/policy-rc.d; fi
+	return $ok
+}
+
+# Scenario 6's certificate: a private CA and a server certificate for 127.0.0.1 / localhost,
+# in OUT/tls (the gateway and nginx serve the same pair; clients check it against ca.crt).
+make_cert() {
+	local dir=$OUT/tls key_args
+	mkdir -p "$dir"
+	case $TLS_KEY in
+	ec) key_args=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
+	rsa) key_args=(-newkey rsa:2048) ;;
+	*) die "TLS_KEY must be ec or rsa" ;;
+	esac
+	openssl req -x509 "${key_args[@]}" -nodes -days 30 -subj "/CN=bench CA" \
+		-keyout "$dir/ca.key" -out "$dir/ca.crt" \
+		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+	openssl req "${key_args[@]}" -nodes -subj "/CN=localhost" -keyout "$dir/tls.key" -out "$dir/tls.csr" 2>/dev/null
+	printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >"$dir/tls.ext"
+	openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+		-days 30 -extfile "$dir/tls.ext" -out "$dir/tls.crt" 2>/dev/null
+	[[ -s $dir/tls.crt ]] || die "cannot make the scenario 6 certificate"
+}
+
+# The checked-out commit, read from .git without running git (also in a worktree, where .git
+# is a file naming the real git directory, and branch refs live in the common directory).
 head_commit() {
-	local head ref
-	head=$(cat .git/HEAD 2>/dev/null || echo '?')
+	local dir=.git common head ref
+	[[ -f .git ]] && dir=$(sed -n 's/^gitdir: //p' .git)
+	common=$dir
+	[[ -f $dir/commondir ]] && common=$dir/$(cat "$dir/commondir")
+	head=$(cat "$dir/HEAD" 2>/dev/null || echo '?')
 	if [[ $head == "ref: "* ]]; then
 		ref=${head#ref: }
-		head=$(cat ".git/$ref" 2>/dev/null || grep " $ref\$" .git/packed-refs 2>/dev/null | cut -d' ' -f1 || echo '?')
+		head=$(cat "$dir/$ref" 2>/dev/null || cat "$common/$ref" 2>/dev/null ||
+			grep " $ref\$" "$common/packed-refs" 2>/dev/null | cut -d' ' -f1 || echo '?')
 	fi
 	echo "${head:0:10}"
 }
@@ -221,12 +286,15 @@ start_bare() {
 	wait_port "$P_BARE" "bare hyper"
 }
 
-# gateway_config NAME PORT TTL SWR ACCOUNTS_FILE CLIENTS_FILE -> path of the config
+# gateway_config NAME PORT TTL SWR ACCOUNTS_FILE CLIENTS_FILE [TLS_DIR] -> path of the config
 gateway_config() {
-	local name=$1 port=$2 ttl=$3 swr=$4 accounts=$5 clients=$6 conf="$OUT/conf/$1.toml"
+	local name=$1 port=$2 ttl=$3 swr=$4 accounts=$5 clients=$6 tls="" conf="$OUT/conf/$1.toml"
+	if [[ -n ${7:-} ]]; then
+		tls=$(printf 'tls_cert_file = "%s/tls.crt"\ntls_key_file = "%s/tls.key"' "$7" "$7")
+	fi
 	python3 bench/tools.py render bench/gateway.toml.tmpl "$conf" \
 		PORT="$port" ADMIN_PORT=$((port + 1)) UPSTREAM_PORT="$P_UPSTREAM" TTL="$ttl" SWR="$swr" \
-		ACCOUNTS=@"$accounts" CLIENTS=@"$clients"
+		ACCOUNTS=@"$accounts" CLIENTS=@"$clients" TLS="$tls"
 	echo "$conf"
 }
 
@@ -260,14 +328,19 @@ start_gateway() {
 	wait_port "$port" "$name"
 }
 
-# start_nginx NAME PORT WORKERS TTL MAP_FILE; sets LAST_PID
+# start_nginx NAME PORT WORKERS TTL MAP_FILE [TLS_DIR]; sets LAST_PID
 start_nginx() {
-	local name=$1 port=$2 workers=$3 ttl=$4 map=$5 dir="$OUT/$1"
+	local name=$1 port=$2 workers=$3 ttl=$4 map=$5 dir="$OUT/$1" ssl="" ssl_conf=""
 	mkdir -p "$dir/cache" "$dir/tmp"
 	cp "$map" "$dir/clients.map"
+	if [[ -n ${6:-} ]]; then
+		# TLS 1.2 and 1.3 like the gateway, a session cache; HTTP/1.1 (wrk does not do h2).
+		ssl=" ssl"
+		ssl_conf="ssl_certificate $6/tls.crt; ssl_certificate_key $6/tls.key; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:tls:10m;"
+	fi
 	python3 bench/tools.py render bench/nginx.conf.tmpl "$dir/nginx.conf" \
 		WORKERS="$workers" DIR="$dir" PORT="$port" UPSTREAM_PORT="$P_UPSTREAM" TTL="$ttl" \
-		UPSTREAM_KEY="$UPSTREAM_KEY"
+		UPSTREAM_KEY="$UPSTREAM_KEY" SSL="$ssl" SSL_CONF="$ssl_conf"
 	start "$name" nginx -p "$dir" -c "$dir/nginx.conf"
 	wait_port "$port" "$name"
 }
@@ -285,16 +358,24 @@ start_varnish() {
 }
 
 # check NAME PORT KEY: the system answers 200 with a body, and the second answer is a hit.
+# TLS systems (SYS_SCHEME https) are checked against the scenario 6 CA, and their negotiated
+# protocol and cipher are written to the run's meta.txt.
 check() {
-	local name=$1 port=$2 key=$3 code
-	code=$(curl -s -o "$OUT/logs/$name.body" -w '%{http_code}' --max-time 10 \
-		-H "Authorization: APIKey $key" "http://127.0.0.1:$port$ROUTE")
+	local name=$1 port=$2 key=$3 code scheme=${SYS_SCHEME[$1]:-http} tls=()
+	[[ $scheme == https ]] && tls=(--cacert "$OUT/tls/ca.crt")
+	local url="$scheme://127.0.0.1:$port$ROUTE"
+	code=$(curl -s "${tls[@]}" -o "$OUT/logs/$name.body" -w '%{http_code}' --max-time 10 \
+		-H "Authorization: APIKey $key" "$url")
 	[[ $code == 200 ]] || die "$name answered $code to a known key (see $OUT/logs/$name.log)"
-	curl -s -D "$OUT/logs/$name.headers" -o /dev/null --max-time 10 \
-		-H "Authorization: APIKey $key" "http://127.0.0.1:$port$ROUTE"
-	code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 \
-		-H "Authorization: APIKey wrong-key-0123456789" "http://127.0.0.1:$port$ROUTE")
+	curl -s "${tls[@]}" -D "$OUT/logs/$name.headers" -o /dev/null --max-time 10 \
+		-H "Authorization: APIKey $key" "$url"
+	code=$(curl -s "${tls[@]}" -o /dev/null -w '%{http_code}' --max-time 10 \
+		-H "Authorization: APIKey wrong-key-0123456789" "$url")
 	[[ $name == bare-hyper || $code == 401 ]] || die "$name answered $code to an unknown key, want 401"
+	if [[ $scheme == https ]]; then
+		printf 'tls:     %s: %s\n' "$name" "$(openssl s_client -connect "127.0.0.1:$port" </dev/null 2>/dev/null |
+			grep -E '^(New|Server public key)' | tr -s ' ' | paste -sd ';' -)" >>"$OUT/meta.txt"
+	fi
 }
 
 record_rss() { # SCENARIO SYSTEM WHEN PID...
@@ -304,7 +385,8 @@ record_rss() { # SCENARIO SYSTEM WHEN PID...
 }
 
 # run_wrk FILE PORT SECS [KEY | -s SCRIPT]. With CPU_PID set, also writes FILE.cpu: the CPU
-# seconds that process tree used during the run (for CPU time per request).
+# seconds that process tree used during the run (for CPU time per request). SCHEME=https for
+# the TLS systems (wrk does not verify certificates; check has).
 run_wrk() {
 	local file=$1 port=$2 secs=$3 cpu0=
 	shift 3
@@ -312,7 +394,7 @@ run_wrk() {
 	if [[ ${1:-} == -s ]]; then auth=(-s "$2"); else auth=(-H "Authorization: APIKey $1"); fi
 	[[ -n ${CPU_PID:-} ]] && cpu0=$(python3 bench/tools.py cpu "$CPU_PID")
 	wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 5s --latency "${auth[@]}" \
-		"http://127.0.0.1:$port$ROUTE" >"$file"
+		"${SCHEME:-http}://127.0.0.1:$port$ROUTE" >"$file"
 	if [[ -n $cpu0 ]]; then
 		python3 -c 'import sys; print(float(sys.argv[2]) - float(sys.argv[1]))' \
 			"$cpu0" "$(python3 bench/tools.py cpu "$CPU_PID")" >"$file.cpu"
@@ -323,7 +405,7 @@ run_wrk() {
 
 # ------------------------------------------------------------------ scenarios
 
-declare -A SYS_PORT SYS_KEY SYS_PID
+declare -A SYS_PORT SYS_KEY SYS_PID SYS_SCHEME
 
 hit_systems() {
 	log "starting the systems for scenarios 1, 2 and 4"
@@ -337,22 +419,39 @@ hit_systems() {
 		start_gateway gateway-accesslog "$P_GW_LOG" "$(gateway_config gateway-accesslog "$P_GW_LOG" "$HIT_TTL" 30s "$OUT/conf/accounts.toml" "$OUT/conf/clients.toml")" info
 		SYS_PORT[gateway-accesslog]=$P_GW_LOG SYS_KEY[gateway-accesslog]=$KEY_PLAIN SYS_PID[gateway-accesslog]=$LAST_PID
 	fi
-	start_nginx nginx-1w "$P_NGINX1" 1 "$HIT_TTL" "$OUT/conf/clients.map"
-	SYS_PORT[nginx-1w]=$P_NGINX1 SYS_KEY[nginx-1w]=$KEY_PLAIN SYS_PID[nginx-1w]=$LAST_PID
-	start_nginx nginx-2w "$P_NGINX2" 2 "$HIT_TTL" "$OUT/conf/clients.map"
-	SYS_PORT[nginx-2w]=$P_NGINX2 SYS_KEY[nginx-2w]=$KEY_PLAIN SYS_PID[nginx-2w]=$LAST_PID
+	if ((HAVE_NGINX)); then
+		start_nginx nginx-1w "$P_NGINX1" 1 "$HIT_TTL" "$OUT/conf/clients.map"
+		SYS_PORT[nginx-1w]=$P_NGINX1 SYS_KEY[nginx-1w]=$KEY_PLAIN SYS_PID[nginx-1w]=$LAST_PID
+		start_nginx nginx-2w "$P_NGINX2" 2 "$HIT_TTL" "$OUT/conf/clients.map"
+		SYS_PORT[nginx-2w]=$P_NGINX2 SYS_KEY[nginx-2w]=$KEY_PLAIN SYS_PID[nginx-2w]=$LAST_PID
+	fi
 	start_varnish varnish "$P_VARNISH" "$HIT_TTL" 30s "$OUT/conf/clients.vcl"
 	SYS_PORT[varnish]=$P_VARNISH SYS_KEY[varnish]=$KEY_PLAIN SYS_PID[varnish]=$LAST_PID
+	if has 6; then
+		make_cert
+		start_gateway gateway-tls "$P_TLS_GW" "$(gateway_config gateway-tls "$P_TLS_GW" "$HIT_TTL" 30s "$OUT/conf/accounts.toml" "$OUT/conf/clients.toml" "$OUT/tls")"
+		SYS_PORT[gateway-tls]=$P_TLS_GW SYS_KEY[gateway-tls]=$KEY_PLAIN SYS_PID[gateway-tls]=$LAST_PID SYS_SCHEME[gateway-tls]=https
+		if ((HAVE_NGINX)); then
+			start_nginx nginx-2w-tls "$P_TLS_NGINX" 2 "$HIT_TTL" "$OUT/conf/clients.map" "$OUT/tls"
+			SYS_PORT[nginx-2w-tls]=$P_TLS_NGINX SYS_KEY[nginx-2w-tls]=$KEY_PLAIN SYS_PID[nginx-2w-tls]=$LAST_PID SYS_SCHEME[nginx-2w-tls]=https
+		fi
+	fi
 	local s
 	for s in "${!SYS_PORT[@]}"; do check "$s" "${SYS_PORT[$s]}" "${SYS_KEY[$s]}"; done
-	for s in bare-hyper gateway nginx-1w nginx-2w varnish; do record_rss idle "$s" idle "${SYS_PID[$s]}"; done
+	for s in bare-hyper gateway nginx-1w nginx-2w varnish gateway-tls nginx-2w-tls; do
+		[[ -n ${SYS_PID[$s]:-} ]] && record_rss idle "$s" idle "${SYS_PID[$s]}"
+	done
+	return 0
 }
 
 scenario_hits() {
 	local systems=(bare-hyper gateway) s r
 	has 2 && systems+=(gateway-minimal)
 	[[ $ACCESS_LOG == 1 ]] && systems+=(gateway-accesslog)
-	has 1 && systems+=(nginx-1w nginx-2w varnish)
+	if has 1; then
+		((HAVE_NGINX)) && systems+=(nginx-1w nginx-2w)
+		systems+=(varnish)
+	fi
 	log "scenarios 1+2: hits, ${systems[*]}"
 	local before
 	before=$(upstream_calls)
@@ -397,12 +496,31 @@ profile_hits() {
 	done
 }
 
+# Scenario 6: hits over TLS with keep-alive (wrk over https: one handshake per connection, then
+# 64 connections of requests), the gateway and nginx-2w each with and without TLS, interleaved.
+scenario_tls() {
+	local systems=(gateway gateway-tls) s r
+	((HAVE_NGINX)) && systems+=(nginx-2w nginx-2w-tls)
+	log "scenario 6: hits over TLS, ${systems[*]}"
+	for s in "${systems[@]}"; do
+		SCHEME=${SYS_SCHEME[$s]:-http} run_wrk "$OUT/logs/warmup.tls.$s.txt" "${SYS_PORT[$s]}" "$WARMUP_SECS" "${SYS_KEY[$s]}"
+	done
+	for r in $(seq 1 "$ROUNDS"); do
+		for s in "${systems[@]}"; do
+			CPU_PID=${SYS_PID[$s]} SCHEME=${SYS_SCHEME[$s]:-http} \
+				run_wrk "$OUT/wrk/tls.$s.r$r.txt" "${SYS_PORT[$s]}" "$ROUND_SECS" "${SYS_KEY[$s]}"
+		done
+	done
+	for s in "${systems[@]}"; do record_rss tls "$s" after "${SYS_PID[$s]}"; done
+}
+
 scenario_storm() {
 	log "scenario 4: cold storm, $STORM_N concurrent first requests, upstream ${STORM_DELAY_MS}ms"
 	upstream_ctl "delay?ms=$STORM_DELAY_MS" >/dev/null
 	local s calls
 	local path
 	for s in bare-hyper gateway nginx-1w nginx-2w varnish; do
+		[[ -n ${SYS_PORT[$s]:-} ]] || continue
 		# A cold key: nginx and Varnish key on the query string; the gateway ignores queries
 		# (routes.forward_query = false), so its cache is purged through the admin port.
 		path="$ROUTE?storm=$s-$(date +%s%N)"
@@ -428,7 +546,7 @@ stop_hit_systems() {
 		stop_pid "$s"
 		forget "$s"
 	done
-	SYS_PORT=() SYS_KEY=() SYS_PID=()
+	SYS_PORT=() SYS_KEY=() SYS_PID=() SYS_SCHEME=()
 }
 
 scenario_economy() {
@@ -437,6 +555,7 @@ scenario_economy() {
 	upstream_ctl "delay?ms=$S3_DELAY_MS" >/dev/null
 	local s calls
 	for s in $S3_SYSTEMS; do
+		if [[ $s == nginx ]] && ((!HAVE_NGINX)); then continue; fi
 		case $s in
 		gateway) start_gateway s3-gateway "$P_S3" "$(gateway_config s3-gateway "$P_S3" "${S3_TTL}s" 30s "$OUT/conf/accounts.toml" "$OUT/conf/clients.toml")" ;;
 		nginx) start_nginx s3-nginx "$P_S3" 2 "${S3_TTL}s" "$OUT/conf/clients.map" ;;
@@ -465,10 +584,14 @@ scenario_accounts() {
 	upstream_ctl reset >/dev/null
 	curl -s -o /dev/null --max-time 10 -H "Authorization: APIKey s5-key-0-0123456789abcdef" "http://127.0.0.1:$P_S5_GW$ROUTE"
 	record_rss s5 gateway idle "$gw"
-	start_nginx s5-nginx "$P_S5_NGINX" 2 "$HIT_TTL" "$dir/clients.map"
-	nginx=$LAST_PID
+	local others=(gateway)
+	if ((HAVE_NGINX)); then
+		start_nginx s5-nginx "$P_S5_NGINX" 2 "$HIT_TTL" "$dir/clients.map"
+		nginx=$LAST_PID
+		others+=(nginx)
+	fi
 	export BENCH_KEYS=$S5_ACCOUNTS BENCH_PREFIX=s5
-	for s in gateway nginx; do
+	for s in "${others[@]}"; do
 		local port=$P_S5_GW
 		if [[ $s == nginx ]]; then
 			port=$P_S5_NGINX
@@ -485,24 +608,29 @@ scenario_accounts() {
 	record_rss s5 gateway filled "$gw"
 	for r in $(seq 1 "$ROUNDS"); do
 		CPU_PID=$gw run_wrk "$OUT/wrk/s5.gateway.r$r.txt" "$P_S5_GW" "$ROUND_SECS" -s bench/many_keys.lua
-		CPU_PID=$nginx run_wrk "$OUT/wrk/s5.nginx-2w.r$r.txt" "$P_S5_NGINX" "$ROUND_SECS" -s bench/many_keys.lua
+		if ((HAVE_NGINX)); then
+			CPU_PID=$nginx run_wrk "$OUT/wrk/s5.nginx-2w.r$r.txt" "$P_S5_NGINX" "$ROUND_SECS" -s bench/many_keys.lua
+		fi
 	done
 	record_rss s5 gateway after "$gw"
-	record_rss s5 nginx-2w after "$nginx"
+	((HAVE_NGINX)) && record_rss s5 nginx-2w after "$nginx"
 	curl -s --max-time 10 "http://127.0.0.1:$((P_S5_GW + 1))/metrics" | grep -E '^gateway_cache_(entries|bytes)' >"$OUT/s5-cache.txt" || true
 	stop_pid "$gw"
 	forget "$gw"
-	stop_pid "$nginx"
-	forget "$nginx"
+	if ((HAVE_NGINX)); then
+		stop_pid "$nginx"
+		forget "$nginx"
+	fi
 }
 
 # ------------------------------------------------------------------ main
 
 prepare
 start_upstream
-if has 1 || has 2 || has 4; then
+if has 1 || has 2 || has 4 || has 6; then
 	hit_systems
 	if has 1 || has 2; then scenario_hits; fi
+	if has 6; then scenario_tls; fi
 	if has 4; then scenario_storm; fi
 	stop_hit_systems
 fi

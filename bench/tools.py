@@ -343,6 +343,15 @@ def report(out):
             ratios.append(
                 f"gateway-accesslog / gateway = {medians[(scen, 'gateway-accesslog')] / gw:.3f}"
             )
+        gw_tls = medians.get((scen, "gateway-tls"))
+        if gw_tls and medians.get((scen, "nginx-2w-tls")):
+            ratios.append(f"gateway-tls / nginx-2w-tls = {gw_tls / medians[(scen, 'nginx-2w-tls')]:.2f}")
+        if gw_tls and gw:
+            ratios.append(f"gateway-tls / gateway = {gw_tls / gw:.3f}")
+        if medians.get((scen, "nginx-2w-tls")) and medians.get((scen, "nginx-2w")):
+            ratios.append(
+                f"nginx-2w-tls / nginx-2w = {medians[(scen, 'nginx-2w-tls')] / medians[(scen, 'nginx-2w')]:.3f}"
+            )
         if ratios:
             lines += ["Ratios (same run, medians): " + "; ".join(ratios) + ".", ""]
 

@@ -21,7 +21,8 @@
 //! | [`config`] | TOML → validated runtime form |
 //! | [`redact`] | redaction profiles: remove/mask/allow, what a profile does with new fields, `check --sample` review |
 //! | [`drift`] | shape drift: field paths, known shapes (baselines), new-path detection and dropping, the per-process record behind `/admin/schema` |
-//! | [`auth`], [`routing`], [`units`], `error`, `metrics` | small pure leaves |
+//! | [`tls`] | caller-port TLS: the PEM files read into a rustls server config, certificate facts |
+//! | [`auth`], [`forwarded`], [`routing`], [`units`], `error`, `metrics` | small pure leaves |
 //! | [`demo`] | the fake upstream and config of `gcore-gateway demo` |
 //!
 //! The public surface is what the binary, the integration tests and the benchmarks use;
@@ -37,6 +38,7 @@ pub mod config;
 pub mod demo;
 pub mod drift;
 mod error;
+pub mod forwarded;
 mod gateway;
 mod metrics;
 pub mod proxy;
@@ -45,6 +47,7 @@ pub mod redact;
 mod redis;
 pub mod routing;
 pub mod server;
+pub mod tls;
 pub mod units;
 mod upstream;
 

@@ -198,6 +198,11 @@ fn check(
     match Config::load(path) {
         Ok(config) => {
             let mut text = format!("{}: OK\n{}", path.display(), config.summary());
+            if let Some(tls) = &config.server.tls {
+                if let Some(w) = tls.validity_warning(std::time::SystemTime::now()) {
+                    text.push_str(&format!("warning: {w}\n"));
+                }
+            }
             let example: serde_json::Value =
                 serde_json::from_str(demo::CLIENTS_ME).unwrap_or(serde_json::Value::Null);
             for p in &config.profiles {

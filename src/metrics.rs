@@ -139,6 +139,10 @@ pub struct Metrics {
     pub upstream_calls_avoided: Family<ClientLabel, Counter>,
     /// `gateway_upstream_new_fields_total`.
     pub upstream_new_fields: Family<RouteLabel, Counter>,
+    /// `gateway_tls_cert_expiry_timestamp_seconds` (registered by [`Metrics::with_tls`]).
+    pub tls_cert_expiry: Gauge,
+    /// `gateway_tls_handshake_failures_total{reason}` (registered by [`Metrics::with_tls`]).
+    pub tls_handshake_failures: Family<ReasonLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -341,7 +345,26 @@ impl Metrics {
             upstream_calls_caused,
             upstream_calls_avoided,
             upstream_new_fields,
+            tls_cert_expiry: Gauge::default(),
+            tls_handshake_failures: Family::default(),
         }
+    }
+
+    /// Registers the caller-port TLS metrics. Only a gateway serving TLS exports them (TLS
+    /// cannot be turned on or off by a reload), so an expiry alert never sees a 0 from a
+    /// plain-HTTP gateway.
+    pub fn with_tls(mut self) -> Self {
+        self.registry.register(
+            "gateway_tls_cert_expiry_timestamp_seconds",
+            "When the caller port's TLS certificate expires (Unix seconds)",
+            self.tls_cert_expiry.clone(),
+        );
+        self.registry.register(
+            "gateway_tls_handshake_failures",
+            "Caller TLS handshakes that failed, by reason (error: protocol or client certificate; timeout: header_read_timeout)",
+            self.tls_handshake_failures.clone(),
+        );
+        self
     }
 
     /// The Prometheus text exposition.

@@ -189,6 +189,23 @@ impl Config {
         if self.redis.is_some() {
             out.push_str("redis: enabled (shared L2 cache and rate limits)\n");
         }
+        if let Some(tls) = &self.server.tls {
+            out.push_str(&tls.summary());
+            out.push('\n');
+        }
+        if !self.server.trusted_proxies.is_empty() {
+            out.push_str(&format!(
+                "trusted proxies: {}\n",
+                names(
+                    &mut self
+                        .server
+                        .trusted_proxies
+                        .nets()
+                        .iter()
+                        .map(|n| n.to_string())
+                )
+            ));
+        }
         out
     }
 

@@ -15,7 +15,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::KeyHash;
 use crate::drift::Shape;
+use crate::forwarded::TrustedProxies;
 use crate::redact::Profile;
+use crate::tls::Tls;
 use crate::units::Rate;
 use crate::upstream::{Account, UpstreamSettings};
 
@@ -36,6 +38,11 @@ pub struct ServerSettings {
     pub conn: ConnLimits,
     /// Hash of the admin bearer token, when admin routes need one.
     pub admin_token: Option<KeyHash>,
+    /// TLS on the caller port (`tls_cert_file` + `tls_key_file`, optional
+    /// `tls_client_ca_file`), read from the files at load; `None`: plain HTTP and h2c.
+    pub tls: Option<Arc<Tls>>,
+    /// Peers whose `X-Forwarded-For` names the client (`server.trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// The caller port's connection limits (`[server]`); restart-only as a group.

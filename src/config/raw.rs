@@ -65,6 +65,10 @@ pub struct RawServer {
     pub max_header_bytes: RawSize,
     pub max_uri_bytes: RawSize,
     pub admin_token_sha256: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    pub tls_client_ca_file: Option<String>,
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -87,6 +91,12 @@ impl Default for RawServer {
             max_header_bytes: RawSize::Text("16KiB".into()),
             max_uri_bytes: RawSize::Text("8KiB".into()),
             admin_token_sha256: None,
+            // Plain HTTP unless both files are given.
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            // Nobody's X-Forwarded-For is believed until the operator names its proxies.
+            trusted_proxies: Vec::new(),
         }
     }
 }

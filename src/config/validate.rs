@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,9 @@ use super::raw;
 use super::ConfigError;
 use crate::auth::KeyHash;
 use crate::drift::{self, Shape};
+use crate::forwarded::TrustedProxies;
 use crate::redact::Profile;
+use crate::tls::{Tls, TlsFiles};
 use crate::units;
 use crate::upstream::{Account, UpstreamKey, UpstreamSettings};
 
@@ -108,7 +111,51 @@ impl Validator<'_> {
                 max_uri_bytes: max_uri_bytes.min(1 << 20) as usize,
             },
             admin_token,
+            tls: self.tls(s)?,
+            trusted_proxies: self.trusted_proxies(&s.trusted_proxies)?,
         })
+    }
+
+    /// `server.tls_*`: both files or neither; the files are read and checked now, so `check`
+    /// and a reload fail on a bad pair.
+    fn tls(&self, s: &raw::RawServer) -> Result<Option<Arc<Tls>>, ConfigError> {
+        let (cert, key) = match (&s.tls_cert_file, &s.tls_key_file) {
+            (None, None) => {
+                if s.tls_client_ca_file.is_some() {
+                    return Err(self.err(
+                        "server.tls_client_ca_file",
+                        "needs server.tls_cert_file and server.tls_key_file (client certificates are part of TLS)",
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(_), None) => {
+                return Err(self.err("server.tls_key_file", "needed with server.tls_cert_file"))
+            }
+            (None, Some(_)) => {
+                return Err(self.err("server.tls_cert_file", "needed with server.tls_key_file"))
+            }
+            (Some(c), Some(k)) => (c, k),
+        };
+        let files = TlsFiles {
+            cert: Path::new(cert),
+            key: Path::new(key),
+            client_ca: s.tls_client_ca_file.as_deref().map(Path::new),
+        };
+        Tls::load(files)
+            .map(|t| Some(Arc::new(t)))
+            .map_err(|e| self.err(e.key, e.message))
+    }
+
+    fn trusted_proxies(&self, list: &[String]) -> Result<TrustedProxies, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, s)| {
+                TrustedProxies::parse_entry(s)
+                    .map_err(|m| self.err(format!("server.trusted_proxies[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies::new)
     }
 
     pub(super) fn upstream(&self, u: &raw::RawUpstream) -> Result<UpstreamSettings, ConfigError> {

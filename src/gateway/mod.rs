@@ -111,7 +111,12 @@ impl Gateway {
     pub fn new(config: Config, source: ConfigSource) -> Result<Arc<Gateway>, BuildError> {
         let clock = TokioClock::default();
         let cache = CacheStore::new(config.cache.max_size);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = match &config.server.tls {
+            Some(_) => Metrics::new().with_tls(),
+            None => Metrics::new(),
+        };
+        let metrics = Arc::new(metrics);
+        record_tls(&metrics, &config);
         let redis = match &config.redis {
             Some(r) => Some(
                 Redis::start(r, metrics.clone())
@@ -230,6 +235,7 @@ impl Gateway {
         // changed: requests that start after the swap never refill from the old key.
         self.generation.store(new.clone());
         went_live(&self.metrics, &new.config);
+        record_tls(&self.metrics, &new.config);
         for a in &old.config.accounts {
             if !new.config.accounts.iter().any(|n| n.same_upstream(a)) {
                 self.cache.purge(Some(&a.name));
@@ -308,9 +314,29 @@ fn went_live(metrics: &Metrics, config: &Config) {
     }
 }
 
+/// Exports what the metrics say about the caller port's certificate.
+fn record_tls(metrics: &Metrics, config: &Config) {
+    if let Some(tls) = &config.server.tls {
+        metrics.tls_cert_expiry.set(tls.expiry_unix());
+    }
+}
+
 /// Refuses a config whose restart-only settings differ from the running one's.
 fn restart_only_unchanged(new: &Config, old: &Config) -> Result<(), ReloadError> {
-    let checks: [(bool, &'static str); 5] = [
+    let (new_tls, old_tls) = (&new.server.tls, &old.server.tls);
+    let checks: [(bool, &'static str); 7] = [
+        // A reload never turns TLS or client certificates off (an edit that drops a line
+        // must not put team keys back on the wire in clear) nor on (callers would break
+        // mid-flight); the files themselves are re-read on every reload.
+        (
+            new_tls.is_some() == old_tls.is_some(),
+            "server.tls_cert_file / tls_key_file (TLS on or off)",
+        ),
+        (
+            new_tls.as_ref().is_some_and(|t| t.mutual())
+                == old_tls.as_ref().is_some_and(|t| t.mutual()),
+            "server.tls_client_ca_file (client certificates on or off)",
+        ),
         (new.server.listen == old.server.listen, "server.listen"),
         (
             new.server.admin_listen == old.server.admin_listen,

@@ -1,8 +1,10 @@
 //! The caller-facing request handler: the pipeline, top to bottom.
 //!
-//! shape → authenticate → rate limit → route → cache (or [`miss`]) → redact → respond. Each
-//! step is a call into the room that owns it, walking one request context ([`Ctx`]) that
-//! collects what the access log and metrics need. Rooms here: [`shape`] (refusals before any
+//! client address → shape → authenticate → rate limit → route → cache (or [`miss`]) → redact →
+//! respond. The client address is the TCP peer, or behind `server.trusted_proxies` the
+//! forwarded one (`forwarded`); it is what the failed-auth throttle counts and the access log
+//! names. Each step is a call into the room that owns it, walking one request context
+//! ([`Ctx`]) that collects what the access log and metrics need. Rooms here: [`shape`] (refusals before any
 //! key is looked at), [`miss`] (what a cache miss does, handed to the cache as a fetch),
 //! [`respond`] (headers, 304, request ids), [`access_log`] (the log line and request
 //! metrics). Sockets, connection limits and panics are `server`'s; the error→status table is
@@ -43,7 +45,8 @@ use miss::Miss;
 struct Ctx {
     gw: Arc<Gateway>,
     generation: Arc<Generation>,
-    peer: IpAddr,
+    /// The caller's address: the TCP peer, or the forwarded client behind a trusted proxy.
+    client_ip: IpAddr,
     client: Option<usize>,
     /// Which of the client's keys the request carried.
     key: Option<usize>,
@@ -69,10 +72,16 @@ pub(crate) async fn handle_with_id<B>(
     request_id: &RequestId,
 ) -> Response<Bytes> {
     let started = Instant::now();
+    let generation = gw.current();
+    let client_ip = generation
+        .config
+        .server
+        .trusted_proxies
+        .client_ip(peer, req.headers());
     let mut ctx = Ctx {
-        generation: gw.current(),
+        generation,
         gw,
-        peer,
+        client_ip,
         client: None,
         key: None,
         route: None,
@@ -104,7 +113,7 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
 
     // 1. authenticate (one clock read serves the key's expiry and its last-used time)
     let now_ms = unix_ms(SystemTime::now());
-    let found = authenticate(&ctx.gw, &generation, ctx.peer, req.headers(), now_ms)?;
+    let found = authenticate(&ctx.gw, &generation, ctx.client_ip, req.headers(), now_ms)?;
     let client = &config.clients[found.client];
     ctx.client = Some(found.client);
     ctx.key = Some(found.key);
@@ -273,12 +282,12 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
 fn authenticate(
     gw: &Gateway,
     generation: &Generation,
-    peer: IpAddr,
+    client_ip: IpAddr,
     headers: &http::HeaderMap,
     now_ms: u64,
 ) -> Result<KeyRef, GatewayError> {
     if let Some(t) = &generation.auth_throttle {
-        if let Err(retry_after) = t.check(peer) {
+        if let Err(retry_after) = t.check(client_ip) {
             gw.metrics.auth_throttled.inc();
             return Err(GatewayError::AuthThrottled { retry_after });
         }
@@ -288,7 +297,7 @@ fn authenticate(
         Credential::Missing | Credential::Malformed => None,
     };
     let Some(found) = found else {
-        gw.auth_failed(generation, peer);
+        gw.auth_failed(generation, client_ip);
         return Err(GatewayError::Unauthorized);
     };
     let client: &Client = &generation.config.clients[found.client];
@@ -304,7 +313,7 @@ fn authenticate(
                 "expired key: request refused with 401"
             );
         }
-        gw.auth_failed(generation, peer);
+        gw.auth_failed(generation, client_ip);
         return Err(GatewayError::Unauthorized);
     }
     Ok(found)
@@ -338,7 +347,7 @@ fn record<B>(
             request_id: request_id.as_str(),
             client: client.map_or("anonymous", |c| c),
             key,
-            client_ip: ctx.peer,
+            client_ip: ctx.client_ip,
             route: route.map_or("other", |r| r),
             method: shape::method_label(req.method()),
             status,

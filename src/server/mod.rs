@@ -2,7 +2,9 @@
 //! graceful shutdown.
 //!
 //! The caller port is served by hyper directly: HTTP/1.1 and prior-knowledge h2c through
-//! `hyper-util`'s auto builder (no `Upgrade: h2c`, no CONNECT tunnels). Around every connection:
+//! `hyper-util`'s auto builder (no `Upgrade: h2c`, no CONNECT tunnels), or, with
+//! `server.tls_cert_file`, only TLS carrying HTTP/1.1 or h2 (ALPN) — see `stream`. Around every
+//! connection:
 //!
 //! * a slot of `server.max_connections`, taken *before* `accept`, so excess connections wait in
 //!   the kernel backlog instead of in a queue of ours;
@@ -11,7 +13,9 @@
 //!   byte of each later request) or when no request has been in flight for
 //!   `server.keep_alive_timeout`. hyper's own `header_read_timeout` is deliberately not used:
 //!   it also runs while a keep-alive connection sits idle, which would cut every idle period
-//!   down to the header timeout.
+//!   down to the header timeout. A TLS handshake counts as part of the first head;
+//! * the TLS setup of the generation current at accept (a reload changes what new handshakes
+//!   present; an open connection keeps its own).
 //!
 //! Around every request: a slot of the in-flight cap taken without waiting (none free → 503 at
 //! once), a `HasBody` marker so that `proxy` can refuse GET/HEAD bodies (bodies are never
@@ -51,7 +55,9 @@ use crate::gateway::Gateway;
 use crate::metrics::RequestLabels;
 use crate::proxy::{HasBody, RequestId};
 
+mod stream;
 mod watchdog;
+use stream::CallerStream;
 use watchdog::{Busy, ConnClock, Expiry, Watched};
 
 /// Listen backlog: large enough that a storm of new connections queues instead of being
@@ -160,6 +166,7 @@ pub async fn run(
     gw.ready.store(true, Ordering::Release);
     tracing::info!(
         listen = %listener.local_addr()?,
+        tls = gw.peek().config.server.tls.is_some(),
         "gcore-gateway serving"
     );
     let result = serve_callers(gw.clone(), listener, stop_rx).await;
@@ -209,7 +216,7 @@ async fn serve_callers(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let limits = Limits::from_settings(&gw.peek().config.server);
-    let builder = builder(&limits);
+    let builder = Arc::new(builder(&limits));
     let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
@@ -237,32 +244,53 @@ async fn serve_callers(
         let _ = stream.set_nodelay(true);
         let clock = Arc::new(ConnClock::new());
         let svc = service(gw.clone(), peer, clock.clone(), in_flight.clone());
-        let io = TokioIo::new(Watched {
+        let watched = Watched {
             io: stream,
             clock: clock.clone(),
-        });
-        let conn = builder.serve_connection(io, svc).into_owned();
+        };
+        // The certificate of the generation current at accept: a reload changes what new
+        // handshakes present, never an open connection.
+        let tls = gw.peek().config.server.tls.as_ref().map(|t| t.acceptor());
         let mut phase = phase_rx.clone();
         let gw = gw.clone();
+        let builder = builder.clone();
         gw.metrics.connections.inc();
         tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            loop {
-                tokio::select! {
-                    _ = conn.as_mut() => break,
-                    why = clock.expired(&limits) => {
-                        tracing::debug!(%peer, reason = why.as_str(), "closing caller connection");
-                        if why == Expiry::Idle {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await;
+            let io = match tls {
+                None => Some(CallerStream::Plain(watched)),
+                Some(acceptor) => {
+                    stream::handshake(
+                        acceptor,
+                        watched,
+                        &clock,
+                        &limits,
+                        &mut phase,
+                        &gw.metrics,
+                        peer,
+                    )
+                    .await
+                }
+            };
+            if let Some(io) = io {
+                let conn = builder.serve_connection(TokioIo::new(io), svc);
+                let mut conn = std::pin::pin!(conn);
+                loop {
+                    tokio::select! {
+                        _ = conn.as_mut() => break,
+                        why = clock.expired(&limits) => {
+                            tracing::debug!(%peer, reason = why.as_str(), "closing caller connection");
+                            if why == Expiry::Idle {
+                                conn.as_mut().graceful_shutdown();
+                                let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await;
+                            }
+                            break;
                         }
-                        break;
+                        changed = phase.changed() => match changed.map(|_| *phase.borrow()) {
+                            Ok(Phase::Draining) => conn.as_mut().graceful_shutdown(),
+                            Ok(Phase::Serving) => {}
+                            Ok(Phase::Closing) | Err(_) => break,
+                        },
                     }
-                    changed = phase.changed() => match changed.map(|_| *phase.borrow()) {
-                        Ok(Phase::Draining) => conn.as_mut().graceful_shutdown(),
-                        Ok(Phase::Serving) => {}
-                        Ok(Phase::Closing) | Err(_) => break,
-                    },
                 }
             }
             gw.metrics.connections.dec();

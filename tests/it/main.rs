@@ -7,6 +7,7 @@ mod support;
 
 mod cli;
 mod drift;
+mod forwarded;
 mod harness;
 mod hostile;
 mod keys;
@@ -20,4 +21,5 @@ mod resilience;
 mod safe_defaults;
 mod serving;
 mod shipped_config;
+mod tls;
 mod tls_roots;
