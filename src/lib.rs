@@ -17,6 +17,7 @@
 //! | `cache` | moka store, cache keys, entries and renders, single-flight, the L2 value format |
 //! | `rate_limit` | per-client GCRA (local or shared), failed-auth throttle, upstream budget |
 //! | `redis` | the Redis connection, its up/down window, L2/lock/purge operations |
+//! | `telemetry` | OpenTelemetry: server, fill and upstream-attempt spans, links, bounded OTLP/HTTP export |
 //! | `upstream` | the HTTP client, the Gcore key (only place it is exposed), retries, breaker |
 //! | [`config`] | TOML → validated runtime form |
 //! | [`auth`], [`routing`], [`redact`], [`units`], `error`, `metrics` | small pure leaves |
@@ -42,11 +43,13 @@ pub mod redact;
 mod redis;
 pub mod routing;
 pub mod server;
+mod telemetry;
 pub mod units;
 mod upstream;
 
 pub use gateway::{BuildError, ConfigSource, Gateway, Generation, ReloadError};
 pub use server::run;
+pub use telemetry::{OtlpProtocol, TelemetryError, TracingSettings};
 pub use upstream::{Account, UpstreamKey, UpstreamSettings};
 
 /// Internals measured directly by the benchmarks in `benches/` (and a few tests). Not a stable

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub l2_hits: Counter,
     /// `gateway_l2_rejected_total`.
     pub l2_rejected: Counter,
+    /// `gateway_trace_spans_dropped_total`.
+    pub trace_spans_dropped: Family<ReasonLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -255,6 +257,12 @@ impl Metrics {
             "Access log lines dropped because the log sink was slower than the traffic",
             LOG_DROPPED.clone(),
         );
+        let trace_spans_dropped = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "gateway_trace_spans_dropped",
+            "Trace spans not exported, by reason (queue_full: the collector is slower than the traffic; export_failed)",
+            trace_spans_dropped.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -283,6 +291,7 @@ impl Metrics {
             redis_fallback,
             l2_hits,
             l2_rejected,
+            trace_spans_dropped,
         }
     }
 

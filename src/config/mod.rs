@@ -80,6 +80,7 @@ impl Config {
         let upstream = v.upstream(&raw.upstream)?;
         let cache = v.cache(&raw.cache)?;
         let redis = raw.redis.as_ref().map(|r| v.redis(r, env)).transpose()?;
+        let tracing = raw.tracing.as_ref().map(|t| v.tracing(t)).transpose()?.flatten();
         let accounts = v.accounts(&raw.accounts, env)?;
         let (routes, route_by_path) = v.routes(&raw.routes, cache.ttl)?;
         let (profiles, profile_by_name) = v.profiles(&raw.profiles)?;
@@ -97,6 +98,7 @@ impl Config {
             accounts,
             cache,
             redis,
+            tracing,
             routes,
             route_by_path,
             profiles,
@@ -161,6 +163,15 @@ impl Config {
         ));
         if self.redis.is_some() {
             out.push_str("redis: enabled (shared L2 cache and rate limits)\n");
+        }
+        if let Some(t) = &self.tracing {
+            out.push_str(&format!(
+                "tracing: OTLP {} to {} (service {}, sample ratio {})\n",
+                t.protocol.as_str(),
+                t.traces_url,
+                t.service_name,
+                t.sample_ratio
+            ));
         }
         out
     }

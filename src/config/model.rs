@@ -15,6 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::KeyHash;
 use crate::redact::Profile;
+use crate::telemetry::TracingSettings;
 use crate::units::Rate;
 use crate::upstream::{Account, UpstreamSettings};
 
@@ -162,6 +163,8 @@ pub struct Config {
     pub cache: CacheSettings,
     /// `[redis]`, when replicas share through Redis.
     pub redis: Option<RedisSettings>,
+    /// `[tracing]`, when traces are exported (an `otlp_endpoint` is set).
+    pub tracing: Option<TracingSettings>,
     /// `[[routes]]`, in config order.
     pub routes: Vec<Arc<Route>>,
     /// Route index by path.

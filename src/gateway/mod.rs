@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::rate_limit::TokioClock;
 use crate::redis::Redis;
+use crate::telemetry::{FillLink, Telemetry};
 use crate::upstream::UpstreamFailure;
 
 /// Where the config is re-read from on reload.
@@ -68,10 +69,12 @@ impl ConfigSource {
 /// Everything a request handler or admin route needs.
 pub struct Gateway {
     generation: ArcSwap<Generation>,
-    pub(crate) cache: CacheStore<UpstreamFailure>,
+    pub(crate) cache: CacheStore<UpstreamFailure, FillLink>,
     pub(crate) metrics: Arc<Metrics>,
     /// Redis sharing, when `[redis]` is configured (fixed until restart).
     pub(crate) redis: Option<Arc<Redis>>,
+    /// The tracer and exporter, when `[tracing]` exports (fixed until restart).
+    pub(crate) telemetry: Option<Telemetry>,
     pub(crate) ready: AtomicBool,
     clock: TokioClock,
     source: Mutex<ConfigSource>,
@@ -113,12 +116,18 @@ impl Gateway {
             ),
             None => None,
         };
+        let telemetry = config
+            .tracing
+            .as_ref()
+            .map(|t| Telemetry::start(t, &metrics))
+            .transpose()?;
         let generation = Generation::build(config, None, &clock, &metrics)?;
         let gw = Arc::new(Gateway {
             generation: ArcSwap::from_pointee(generation),
             cache,
             metrics,
             redis,
+            telemetry,
             clock,
             ready: AtomicBool::new(false),
             source: Mutex::new(source),
@@ -244,13 +253,14 @@ impl Gateway {
 
 /// Refuses a config whose restart-only settings differ from the running one's.
 fn restart_only_unchanged(new: &Config, old: &Config) -> Result<(), ReloadError> {
-    let checks: [(bool, &'static str); 5] = [
+    let checks: [(bool, &'static str); 6] = [
         (new.server.listen == old.server.listen, "server.listen"),
         (
             new.server.admin_listen == old.server.admin_listen,
             "server.admin_listen",
         ),
         (new.redis == old.redis, "[redis]"),
+        (new.tracing == old.tracing, "[tracing]"),
         (new.cache.max_size == old.cache.max_size, "cache.max_size"),
         (
             new.server.conn == old.server.conn,

@@ -5,11 +5,14 @@
 //! replica takes the fill lock, or waits for the replica holding it and uses its copy. A lock
 //! lives for the longest a fetch can take ([`lock_ttl`]), so it is never taken over while its
 //! holder still works. Redis trouble falls back to a local fetch. On failure nothing is
-//! stored: the previous good copy stays (a failed refresh never evicts).
+//! stored: the previous good copy stays (a failed refresh never evicts). With tracing, a fill
+//! is a span (child of the request that started it) with one child per upstream attempt; the
+//! fill lock in Redis carries its `traceparent` so another replica's waiting fill links to it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use opentelemetry::trace::SpanContext;
 use tokio::time::Instant;
 
 use crate::cache::{l2, CacheKey, Entry, FetchPanicked, Flight, Origin};
@@ -17,6 +20,7 @@ use crate::config::Route;
 use crate::gateway::{AccountState, Gateway, Generation};
 use crate::metrics::{AccountLabel, UpstreamLabels};
 use crate::redis::{Lock, Redis, POLL_EVERY};
+use crate::telemetry::{FillLink, FillSpan};
 use crate::upstream::breaker::Transition;
 use crate::upstream::{Admission, UpstreamFailure, UpstreamSettings};
 
@@ -50,25 +54,49 @@ pub(crate) struct Miss {
     pub(crate) account: Arc<AccountState>,
     pub(crate) route: Arc<Route>,
     pub(crate) deadline: Instant,
+    /// The server span of the request, when traced: the parent of a fill it starts.
+    pub(crate) parent: Option<SpanContext>,
 }
 
 impl Miss {
-    /// Joins the fill of this key, or starts one. Returns the fill and whether it was joined.
-    pub(crate) fn fill(self) -> (Flight<Arc<Entry>, UpstreamFailure>, bool) {
+    /// Joins the fill of this key, or starts one. Returns the fill and, when it was joined,
+    /// what to link to.
+    pub(crate) fn fill(self) -> (Flight<Arc<Entry>, UpstreamFailure>, Option<FillLink>) {
         let gw = self.gw.clone();
         let (key, ttl) = (self.key.clone(), self.route.ttl);
-        gw.cache.fill(&key, ttl, move || self.fetch())
+        gw.cache.fill(&key, ttl, move || {
+            let span = match (&self.gw.telemetry, &self.parent) {
+                (Some(t), Some(parent)) => Some(t.fill_span(parent, &self.route.path)),
+                _ => None,
+            };
+            (span.as_ref().and_then(FillSpan::link_target), self.fetch(span))
+        })
     }
 
-    async fn fetch(self) -> Result<Arc<Entry>, UpstreamFailure> {
+    async fn fetch(self, mut span: Option<FillSpan>) -> Result<Arc<Entry>, UpstreamFailure> {
+        let result = self.fetch_traced(span.as_mut()).await;
+        if let Some(s) = span {
+            s.end(match &result {
+                Ok(e) if e.origin == Origin::Replica => "shared",
+                Ok(_) => "ok",
+                Err(f) => f.outcome(),
+            });
+        }
+        result
+    }
+
+    async fn fetch_traced(
+        &self,
+        mut span: Option<&mut FillSpan>,
+    ) -> Result<Arc<Entry>, UpstreamFailure> {
         let Some(redis) = self.gw.redis.clone() else {
-            return self.call_upstream().await;
+            return self.call_upstream(span.as_deref()).await;
         };
-        let token = match self.shared_step(&redis).await {
+        let token = match self.shared_step(&redis, span.as_deref_mut()).await {
             SharedStep::Served(e) => return Ok(e),
             SharedStep::Fetch(token) => token,
         };
-        let result = self.call_upstream().await;
+        let result = self.call_upstream(span.as_deref()).await;
         if let Ok(e) = &result {
             let name = redis.key("c", &self.key, &self.account.account.tag);
             let value = l2::encode(
@@ -102,14 +130,16 @@ impl Miss {
     /// The cross-replica part: a fresh shared copy, or the lock, or waiting for the replica
     /// that holds it. Falls back to a local fetch when Redis is unavailable, when the holder
     /// finishes without a fresh copy (it failed), or when the deadline nears.
-    async fn shared_step(&self, redis: &Redis) -> SharedStep {
+    async fn shared_step(&self, redis: &Redis, mut span: Option<&mut FillSpan>) -> SharedStep {
         if let Some(e) = self.shared_copy(redis).await {
             return SharedStep::Served(e);
         }
         let tag = &self.account.account.tag;
         let ttl = lock_ttl(&self.generation);
+        let note = span.as_deref().and_then(FillSpan::traceparent);
+        let mut linked: Option<String> = None;
         loop {
-            match redis.lock(&self.key, tag, ttl).await {
+            match redis.lock(&self.key, tag, ttl, note.as_deref()).await {
                 Lock::Acquired(token) => {
                     // A holder may have stored its answer and released the lock in between.
                     if let Some(e) = self.shared_copy(redis).await {
@@ -119,7 +149,16 @@ impl Miss {
                     return SharedStep::Fetch(Some(token));
                 }
                 Lock::Unavailable => return SharedStep::Fetch(None),
-                Lock::Held => {}
+                Lock::Held => {
+                    // Traced: link this fill to the holder's (once per holder).
+                    if let Some(s) = span.as_deref_mut() {
+                        let holder = redis.lock_note(&self.key, tag).await;
+                        if let Some(h) = holder.filter(|h| linked.as_ref() != Some(h)) {
+                            s.waited_on_replica(&h);
+                            linked = Some(h);
+                        }
+                    }
+                }
             }
             loop {
                 if Instant::now() + POLL_EVERY >= self.deadline {
@@ -167,7 +206,7 @@ impl Miss {
     }
 
     /// Breaker → budget → the upstream call (with its retries) → an entry.
-    async fn call_upstream(&self) -> Result<Arc<Entry>, UpstreamFailure> {
+    async fn call_upstream(&self, span: Option<&FillSpan>) -> Result<Arc<Entry>, UpstreamFailure> {
         let metrics = &self.gw.metrics;
         let account = &self.account;
         let labels = |outcome| UpstreamLabels {
@@ -210,12 +249,18 @@ impl Miss {
                 account: account.account.name.clone(),
             });
         // Every HTTP attempt (retries included) is counted, so the metric equals what Gcore saw.
-        let on_attempt = |outcome: &'static str, took: Duration| {
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let on_attempt = |result: Result<(), &UpstreamFailure>, took: Duration| {
+            let outcome = result.map_or_else(UpstreamFailure::outcome, |()| "ok");
             metrics
                 .upstream_requests
                 .get_or_create(&labels(outcome))
                 .inc();
             duration.observe(took.as_secs_f64());
+            if let Some(s) = span {
+                let n = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                s.attempt(n, result, took, &self.route.path);
+            }
         };
         let started = Instant::now();
         let fetched = self
