@@ -16,3 +16,4 @@ mod replicas;
 mod resilience;
 mod safe_defaults;
 mod serving;
+mod tracing;
