@@ -179,6 +179,12 @@ impl Gateway {
         true
     }
 
+    /// The Prometheus text of `/metrics` (benchmarks read counters from it).
+    #[doc(hidden)]
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+
     /// Open caller connections now.
     pub fn open_connections(&self) -> i64 {
         self.metrics.connections.get()
