@@ -201,11 +201,11 @@ fn bench_hit_path(c: &mut Criterion) {
     g.finish();
 }
 
-/// A primed gateway like [`gateway`] with `[tracing]` at `ratio`, exporting (http/protobuf) to
-/// a receiver that accepts every batch. Returns the receiver's runtime too (the exporter sends
-/// on it) and the receiver's span-batch counter.
+/// A primed gateway with one client (no profile, no rate) and, for `Some(ratio)`, `[tracing]`
+/// at that ratio exporting (http/protobuf) to a receiver that accepts every batch. Returns the
+/// receiver's runtime too (the exporter sends on it) and the receiver's batch counter.
 fn traced_gateway(
-    ratio: f64,
+    ratio: Option<f64>,
 ) -> (
     tokio::runtime::Runtime,
     Arc<Gateway>,
@@ -232,20 +232,24 @@ fn traced_gateway(
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
     });
-    let tables = format!(
-        "[[clients]]\nname = \"plain\"\nkeys = [\"{plain}\"]\naccount = \"bench\"\n\n\
-         [tracing]\notlp_endpoint = \"http://{addr}\"\nsample_ratio = {ratio:?}\n",
+    let mut tables = format!(
+        "[[clients]]\nname = \"plain\"\nkeys = [\"{plain}\"]\naccount = \"bench\"\n",
         plain = KeyHash::of(KEY_PLAIN.as_bytes()),
     );
+    if let Some(ratio) = ratio {
+        tables.push_str(&format!(
+            "\n[tracing]\notlp_endpoint = \"http://{addr}\"\nsample_ratio = {ratio:?}\n"
+        ));
+    }
     let gw = common::primed_gateway(&ert, &tables, BODY);
     (ert, gw, batches)
 }
 
 fn bench_hit_path_tracing(c: &mut Criterion) {
     let rt = runtime();
-    let plain = gateway(&rt);
-    let (_ert0, ratio_0, _) = traced_gateway(0.0);
-    let (_ert1, ratio_1, batches) = traced_gateway(1.0);
+    let (_ert, plain, _) = traced_gateway(None);
+    let (_ert0, ratio_0, _) = traced_gateway(Some(0.0));
+    let (_ert1, ratio_1, batches) = traced_gateway(Some(1.0));
     for gw in [&plain, &ratio_0, &ratio_1] {
         let resp = rt.block_on(gcore_gateway::proxy::handle(
             gw.clone(),

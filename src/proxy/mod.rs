@@ -69,7 +69,10 @@ pub(crate) async fn handle_with_id<B>(
     request_id: &RequestId,
 ) -> Response<Bytes> {
     let started = Instant::now();
-    let trace = gw.telemetry.as_ref().map(|t| t.server_span(req.headers()));
+    let trace = gw
+        .telemetry
+        .as_ref()
+        .and_then(|t| t.server_span(req.headers()));
     let mut ctx = Ctx {
         generation: gw.current(),
         gw,

@@ -87,6 +87,8 @@ pub(crate) struct Telemetry {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     propagator: TraceContextPropagator,
+    /// `sample_ratio > 0`: whether a request without a `traceparent` can be recorded at all.
+    roots: bool,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -122,11 +124,18 @@ impl Telemetry {
             provider,
             tracer,
             propagator: TraceContextPropagator::new(),
+            roots: settings.sample_ratio > 0.0,
         })
     }
 
     /// Starts the server span of one caller request, child of its W3C `traceparent` if any.
-    pub(crate) fn server_span(&self, headers: &http::HeaderMap) -> ServerSpan {
+    /// `None` when it could never be recorded (`sample_ratio = 0` and no `traceparent`): such
+    /// a request costs a header lookup, not a span.
+    pub(crate) fn server_span(&self, headers: &http::HeaderMap) -> Option<ServerSpan> {
+        const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+        if !self.roots && !headers.contains_key(&TRACEPARENT) {
+            return None;
+        }
         let parent = self
             .propagator
             .extract(&opentelemetry_http::HeaderExtractor(headers));
@@ -135,7 +144,7 @@ impl Telemetry {
             .span_builder("request")
             .with_kind(SpanKind::Server)
             .start_with_context(&self.tracer, &parent);
-        ServerSpan { span }
+        Some(ServerSpan { span })
     }
 
     /// Starts the span of a cache fill (the fetch others may wait on), child of `parent` (the
