@@ -23,9 +23,12 @@ pub(crate) type Flight<V, E> = Shared<BoxFuture<'static, Result<V, E>>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FetchPanicked;
 
+/// A fetch in progress and its starter's note.
+type Started<V, E, T> = (Flight<V, E>, T);
+
 /// The table of fetches in progress, each with its starter's note `T`.
 pub(crate) struct Flights<K, V, E, T = ()> {
-    inflight: Mutex<HashMap<K, (Flight<V, E>, T)>>,
+    inflight: Mutex<HashMap<K, Started<V, E, T>>>,
 }
 
 impl<K, V, E, T> Flights<K, V, E, T>

@@ -80,7 +80,12 @@ impl Config {
         let upstream = v.upstream(&raw.upstream)?;
         let cache = v.cache(&raw.cache)?;
         let redis = raw.redis.as_ref().map(|r| v.redis(r, env)).transpose()?;
-        let tracing = raw.tracing.as_ref().map(|t| v.tracing(t)).transpose()?.flatten();
+        let tracing = raw
+            .tracing
+            .as_ref()
+            .map(|t| v.tracing(t))
+            .transpose()?
+            .flatten();
         let accounts = v.accounts(&raw.accounts, env)?;
         let (routes, route_by_path) = v.routes(&raw.routes, cache.ttl)?;
         let (profiles, profile_by_name) = v.profiles(&raw.profiles)?;

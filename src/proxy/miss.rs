@@ -69,7 +69,10 @@ impl Miss {
                 (Some(t), Some(parent)) => Some(t.fill_span(parent, &self.route.path)),
                 _ => None,
             };
-            (span.as_ref().and_then(FillSpan::link_target), self.fetch(span))
+            (
+                span.as_ref().and_then(FillSpan::link_target),
+                self.fetch(span),
+            )
         })
     }
 

@@ -24,8 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _,
-    TracerProvider as _,
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -170,8 +169,9 @@ impl Telemetry {
     pub(crate) async fn shutdown(&self) {
         let provider = self.provider.clone();
         // The batch processor blocks while it exports, and the export runs on this runtime.
-        let _ = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_EXPORT))
-            .await;
+        let _ =
+            tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(SHUTDOWN_EXPORT))
+                .await;
     }
 }
 
@@ -243,7 +243,10 @@ impl ServerSpan {
             i64::from(f.status),
         ));
         attrs.push(KeyValue::new("gateway.cache", f.cache));
-        attrs.push(KeyValue::new("gateway.request_id", f.request_id.to_string()));
+        attrs.push(KeyValue::new(
+            "gateway.request_id",
+            f.request_id.to_string(),
+        ));
         attrs.push(KeyValue::new("client.address", f.client_ip.to_string()));
         if let Some(c) = f.client {
             attrs.push(KeyValue::new("gateway.client", c.clone()));
@@ -336,10 +339,7 @@ impl FillSpan {
             KeyValue::new("http.request.method", "GET"),
             KeyValue::new("url.template", route.clone()),
             KeyValue::new("gateway.upstream.attempt", i64::from(number)),
-            KeyValue::new(
-                "gateway.upstream.duration_ms",
-                took.as_secs_f64() * 1000.0,
-            ),
+            KeyValue::new("gateway.upstream.duration_ms", took.as_secs_f64() * 1000.0),
         ];
         if number > 1 {
             attrs.push(KeyValue::new(

@@ -190,7 +190,12 @@ async fn a_miss_and_a_hit_are_server_spans_and_the_attempt_is_a_child() {
         .wait_for(|s| of_kind(s, SERVER).len() == 2 && of_kind(s, CLIENT).len() == 1)
         .await;
     let servers = of_kind(&spans, SERVER);
-    let by_cache = |c: &str| servers.iter().find(|s| s.attr("gateway.cache") == c).unwrap();
+    let by_cache = |c: &str| {
+        servers
+            .iter()
+            .find(|s| s.attr("gateway.cache") == c)
+            .unwrap()
+    };
     let (m, h2) = (by_cache("MISS"), by_cache("HIT"));
     for (s, id) in [(m, &miss_id), (h2, &hit_id)] {
         assert_eq!(s.service, "gw-test");
@@ -199,7 +204,11 @@ async fn a_miss_and_a_hit_are_server_spans_and_the_attempt_is_a_child() {
         assert_eq!(s.attr("http.route"), ME);
         assert_eq!(s.attr("http.request.method"), "GET");
         assert_eq!(s.attr("http.response.status_code"), "200");
-        assert_eq!(s.attr("gateway.request_id"), id.as_str(), "cross-referenced");
+        assert_eq!(
+            s.attr("gateway.request_id"),
+            id.as_str(),
+            "cross-referenced"
+        );
         assert_eq!(s.parent, "", "a root span without traceparent");
     }
     assert_ne!(m.trace_id, h2.trace_id, "one trace per request");
@@ -209,11 +218,17 @@ async fn a_miss_and_a_hit_are_server_spans_and_the_attempt_is_a_child() {
     assert_eq!(fills.len(), 1, "{fills:#?}");
     let fill = &fills[0];
     assert_eq!(fill.name, "cache fill");
-    assert_eq!((fill.trace_id.as_str(), fill.parent.as_str()), (m.trace_id.as_str(), m.span_id.as_str()));
+    assert_eq!(
+        (fill.trace_id.as_str(), fill.parent.as_str()),
+        (m.trace_id.as_str(), m.span_id.as_str())
+    );
     assert_eq!(fill.attr("gateway.fill.outcome"), "ok");
     let attempt = &of_kind(&spans, CLIENT)[0];
     assert_eq!(attempt.trace_id, m.trace_id);
-    assert_eq!(attempt.parent, fill.span_id, "the attempt is a child of the fill");
+    assert_eq!(
+        attempt.parent, fill.span_id,
+        "the attempt is a child of the fill"
+    );
     assert_eq!(attempt.attr("http.response.status_code"), "200");
     assert_eq!(attempt.attr("gateway.upstream.attempt"), "1");
     assert_eq!(attempt.attr("gateway.upstream.outcome"), "ok");
@@ -265,18 +280,34 @@ async fn a_coalesced_storm_links_every_waiter_to_the_one_fetch() {
     let h = Harness::start(&traced(&up, &col.url(), "")).await;
     const N: usize = 8;
     let answers = concurrent_gets(&[&h], ME, KEY_ALPHA, N).await;
-    assert!(answers.iter().all(|a| a.status == 200 && a.headers["x-cache"] == "MISS"));
+    assert!(answers
+        .iter()
+        .all(|a| a.status == 200 && a.headers["x-cache"] == "MISS"));
     assert_eq!(up.calls(), 1);
 
     let spans = col.wait_for(|s| of_kind(s, SERVER).len() == N).await;
     let (fills, attempts) = (of_kind(&spans, INTERNAL), of_kind(&spans, CLIENT));
-    assert_eq!((fills.len(), attempts.len()), (1, 1), "one fetch, one upstream span");
+    assert_eq!(
+        (fills.len(), attempts.len()),
+        (1, 1),
+        "one fetch, one upstream span"
+    );
     let fill = &fills[0];
     let servers = of_kind(&spans, SERVER);
-    let leader: Vec<_> = servers.iter().filter(|s| s.span_id == fill.parent).collect();
-    assert_eq!(leader.len(), 1, "the fill is a child of the request that started it");
+    let leader: Vec<_> = servers
+        .iter()
+        .filter(|s| s.span_id == fill.parent)
+        .collect();
+    assert_eq!(
+        leader.len(),
+        1,
+        "the fill is a child of the request that started it"
+    );
     assert!(leader[0].links.is_empty());
-    let waiters: Vec<_> = servers.iter().filter(|s| s.span_id != fill.parent).collect();
+    let waiters: Vec<_> = servers
+        .iter()
+        .filter(|s| s.span_id != fill.parent)
+        .collect();
     assert_eq!(waiters.len(), N - 1);
     for w in waiters {
         assert_eq!(
@@ -317,13 +348,23 @@ async fn a_callers_traceparent_is_the_parent_and_never_reaches_gcore() {
 
     let seen = up.seen();
     assert_eq!(seen.len(), 1);
-    let names: Vec<_> = seen[0].headers.keys().map(|k| k.as_str().to_string()).collect();
+    let names: Vec<_> = seen[0]
+        .headers
+        .keys()
+        .map(|k| k.as_str().to_string())
+        .collect();
     for h in ["traceparent", "tracestate", "baggage", "b3", "x-b3-traceid"] {
-        assert!(!names.contains(&h.to_string()), "{h} sent upstream: {names:?}");
+        assert!(
+            !names.contains(&h.to_string()),
+            "{h} sent upstream: {names:?}"
+        );
     }
     for (_, v) in seen[0].headers.iter() {
         let v = v.to_str().unwrap_or("");
-        assert!(!v.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "trace id sent upstream");
+        assert!(
+            !v.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "trace id sent upstream"
+        );
     }
     h.stop().await;
 }
@@ -350,7 +391,11 @@ async fn sample_ratio_zero_records_only_sampled_callers() {
     // Give the unsampled ones every chance to show up (they must not).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let spans = col.spans();
-    assert_eq!(spans.len(), 1, "only the sampled caller's (HIT) span: {spans:#?}");
+    assert_eq!(
+        spans.len(),
+        1,
+        "only the sampled caller's (HIT) span: {spans:#?}"
+    );
     assert_eq!(spans[0].trace_id, "0af7651916cd43dd8448eb211c80319c");
     h.stop().await;
 }
@@ -372,12 +417,28 @@ async fn no_key_and_no_body_reach_any_span() {
         .wait_for(|s| of_kind(s, SERVER).len() == 5 && of_kind(s, CLIENT).len() == 3)
         .await;
     let raw = String::from_utf8_lossy(&col.raw()).to_string();
-    for secret in [KEY_ALPHA, KEY_BETA, wrong, SECRET_A, SECRET_B, "APIKey", "upstreamSecret"] {
+    for secret in [
+        KEY_ALPHA,
+        KEY_BETA,
+        wrong,
+        SECRET_A,
+        SECRET_B,
+        "APIKey",
+        "upstreamSecret",
+    ] {
         assert!(!raw.contains(secret), "{secret} in an exported span");
     }
     // Nor any part of a body.
-    for word in ["companyName", "Company A", "maria.keller", "Bad permanent token"] {
-        assert!(!raw.contains(word), "body text {word:?} in an exported span");
+    for word in [
+        "companyName",
+        "Company A",
+        "maria.keller",
+        "Bad permanent token",
+    ] {
+        assert!(
+            !raw.contains(word),
+            "body text {word:?} in an exported span"
+        );
     }
     let failed = of_kind(&spans, CLIENT)
         .into_iter()
@@ -393,7 +454,11 @@ async fn no_key_and_no_body_reach_any_span() {
         .into_iter()
         .find(|s| s.attr("http.response.status_code") == "401")
         .unwrap();
-    assert_eq!(e401.attr("gateway.client"), "", "no client for an unknown key");
+    assert_eq!(
+        e401.attr("gateway.client"),
+        "",
+        "no client for an unknown key"
+    );
     assert_eq!(e401.name, "GET");
     h.stop().await;
 }
@@ -444,7 +509,9 @@ async fn a_dead_collector_changes_no_answer_and_no_latency() {
         let started = Instant::now();
         for _ in 0..10 {
             let answers = concurrent_gets(&[h], ME, KEY_ALPHA, 20).await;
-            assert!(answers.iter().all(|a| a.status == 200 && a.body.contains("Company A")));
+            assert!(answers
+                .iter()
+                .all(|a| a.status == 200 && a.body.contains("Company A")));
         }
         started.elapsed()
     }
@@ -491,7 +558,10 @@ async fn a_stalled_collector_drops_and_counts_instead_of_growing() {
     });
     let (text, _, admin) = on_free_ports(&traced(&up, &format!("http://{hole}"), ""));
     let bin = Binary::start(&text);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
     let url = bin.url(ME);
     let burst = |n: usize| {
         let (http, url) = (http.clone(), url.clone());
@@ -501,7 +571,12 @@ async fn a_stalled_collector_drops_and_counts_instead_of_growing() {
                     let (http, url) = (http.clone(), url.clone());
                     tokio::spawn(async move {
                         for _ in 0..n / 32 {
-                            let r = http.get(&url).header("x-api-key", KEY_ALPHA).send().await.unwrap();
+                            let r = http
+                                .get(&url)
+                                .header("x-api-key", KEY_ALPHA)
+                                .send()
+                                .await
+                                .unwrap();
                             assert_eq!(r.status(), 200);
                         }
                     })
@@ -532,7 +607,10 @@ async fn a_stalled_collector_drops_and_counts_instead_of_growing() {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
-    assert!(full > 0.0, "a full queue drops and counts (took {took:?}):\n{metrics}");
+    assert!(
+        full > 0.0,
+        "a full queue drops and counts (took {took:?}):\n{metrics}"
+    );
     // 4,800 spans held would be a few MiB; the queue bound keeps growth well below that.
     assert!(
         rss_after < rss_before + 16 * 1024,
@@ -548,13 +626,22 @@ async fn a_replica_waiting_on_the_fill_lock_links_to_the_holders_fill() {
     up.set_delay(Duration::from_millis(600));
     let col = Collector::start().await;
     let text = crate::replicas::shared_config(&up, &redis, "")
-        + &format!("\n[tracing]\notlp_endpoint = \"{}\"\notlp_protocol = \"http/json\"\n", col.url());
+        + &format!(
+            "\n[tracing]\notlp_endpoint = \"{}\"\notlp_protocol = \"http/json\"\n",
+            col.url()
+        );
     let a = Harness::start(&text).await;
     let b = Harness::start(&text).await;
     crate::replicas::wait_redis_up(&[&a, &b]).await;
     let first = {
         let (http, url) = (a.http.clone(), a.url(ME));
-        tokio::spawn(async move { http.get(url).header("x-api-key", KEY_ALPHA).send().await.unwrap() })
+        tokio::spawn(async move {
+            http.get(url)
+                .header("x-api-key", KEY_ALPHA)
+                .send()
+                .await
+                .unwrap()
+        })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let second = b.get(ME, KEY_ALPHA).await;
@@ -568,8 +655,14 @@ async fn a_replica_waiting_on_the_fill_lock_links_to_the_holders_fill() {
         .await;
     assert_eq!(of_kind(&spans, CLIENT).len(), 1, "one upstream call");
     let fills = of_kind(&spans, INTERNAL);
-    let holder = fills.iter().find(|f| f.attr("gateway.fill.outcome") == "ok").unwrap();
-    let waiter = fills.iter().find(|f| f.attr("gateway.fill.outcome") == "shared").unwrap();
+    let holder = fills
+        .iter()
+        .find(|f| f.attr("gateway.fill.outcome") == "ok")
+        .unwrap();
+    let waiter = fills
+        .iter()
+        .find(|f| f.attr("gateway.fill.outcome") == "shared")
+        .unwrap();
     assert_eq!(
         waiter.links,
         [(holder.trace_id.clone(), holder.span_id.clone())],
@@ -582,24 +675,49 @@ async fn a_replica_waiting_on_the_fill_lock_links_to_the_holders_fill() {
 #[test]
 fn tracing_config_is_validated_naming_the_key() {
     let base = config("http://127.0.0.1:1", "");
-    let parse = |tracing: &str| Config::parse(&format!("{base}\n[tracing]\n{tracing}"), "t", &secrets());
+    let parse =
+        |tracing: &str| Config::parse(&format!("{base}\n[tracing]\n{tracing}"), "t", &secrets());
     for (text, key) in [
-        ("otlp_endpoint = \"http://c:4318\"\nsample_ratio = 1.5", "tracing.sample_ratio"),
-        ("otlp_endpoint = \"http://c:4318\"\nsample_ratio = -0.1", "tracing.sample_ratio"),
-        ("otlp_endpoint = \"http://c:4318\"\nsample_ratio = nan", "tracing.sample_ratio"),
-        ("otlp_endpoint = \"http://c:4318\"\notlp_protocol = \"grpc\"", "tracing.otlp_protocol"),
-        ("otlp_endpoint = \"http://c:4318\"\notlp_protocol = \"json\"", "tracing.otlp_protocol"),
+        (
+            "otlp_endpoint = \"http://c:4318\"\nsample_ratio = 1.5",
+            "tracing.sample_ratio",
+        ),
+        (
+            "otlp_endpoint = \"http://c:4318\"\nsample_ratio = -0.1",
+            "tracing.sample_ratio",
+        ),
+        (
+            "otlp_endpoint = \"http://c:4318\"\nsample_ratio = nan",
+            "tracing.sample_ratio",
+        ),
+        (
+            "otlp_endpoint = \"http://c:4318\"\notlp_protocol = \"grpc\"",
+            "tracing.otlp_protocol",
+        ),
+        (
+            "otlp_endpoint = \"http://c:4318\"\notlp_protocol = \"json\"",
+            "tracing.otlp_protocol",
+        ),
         ("otlp_endpoint = \"ftp://c:4318\"", "tracing.otlp_endpoint"),
         ("otlp_endpoint = \"not a url\"", "tracing.otlp_endpoint"),
-        ("otlp_endpoint = \"http://user:pw@c:4318\"", "tracing.otlp_endpoint"),
-        ("otlp_endpoint = \"http://c:4318\"\nservice_name = \" \"", "tracing.service_name"),
+        (
+            "otlp_endpoint = \"http://user:pw@c:4318\"",
+            "tracing.otlp_endpoint",
+        ),
+        (
+            "otlp_endpoint = \"http://c:4318\"\nservice_name = \" \"",
+            "tracing.service_name",
+        ),
     ] {
         let err = parse(text).expect_err(text).to_string();
         assert!(err.contains(key), "{text}: {err}");
         assert!(!err.contains("pw@"), "no credentials in errors: {err}");
     }
     let err = parse("otlp_endpoint = \"http://c:4318\"\nheaders = \"x\"").unwrap_err();
-    assert!(err.to_string().contains("headers"), "unknown keys are errors: {err}");
+    assert!(
+        err.to_string().contains("headers"),
+        "unknown keys are errors: {err}"
+    );
 
     for (endpoint, url) in [
         ("http://c:4318", "http://c:4318/v1/traces"),
@@ -617,7 +735,10 @@ fn tracing_config_is_validated_naming_the_key() {
     }
     // Without an endpoint there is nothing to export to: tracing stays off.
     assert!(parse("sample_ratio = 0.5").unwrap().tracing.is_none());
-    assert!(Config::parse(&base, "t", &secrets()).unwrap().tracing.is_none());
+    assert!(Config::parse(&base, "t", &secrets())
+        .unwrap()
+        .tracing
+        .is_none());
 }
 
 #[tokio::test]
@@ -644,7 +765,10 @@ async fn the_access_log_carries_the_trace_id() {
     let r = http
         .get(bin.url(ME))
         .header("x-api-key", KEY_ALPHA)
-        .header("traceparent", "00-11112222333344445555666677778888-00f067aa0ba902b7-01")
+        .header(
+            "traceparent",
+            "00-11112222333344445555666677778888-00f067aa0ba902b7-01",
+        )
         .send()
         .await
         .unwrap();
