@@ -153,8 +153,8 @@ impl Miss {
                 }
                 Lock::Unavailable => return SharedStep::Fetch(None),
                 Lock::Held => {
-                    // Traced: link this fill to the holder's (once per holder).
-                    if let Some(s) = span.as_deref_mut() {
+                    // Recorded: link this fill to the holder's (once per holder).
+                    if let Some(s) = span.as_deref_mut().filter(|s| s.recording()) {
                         let holder = redis.lock_note(&self.key, tag).await;
                         if let Some(h) = holder.filter(|h| linked.as_ref() != Some(h)) {
                             s.waited_on_replica(&h);

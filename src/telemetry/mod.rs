@@ -284,6 +284,11 @@ pub(crate) struct FillSpan {
 }
 
 impl FillSpan {
+    /// Whether this fill is recorded (sampled): otherwise links and attempts are not made.
+    pub(crate) fn recording(&self) -> bool {
+        self.span.is_recording()
+    }
+
     /// What waiters link to: `Some` only when this fill is recorded.
     pub(crate) fn link_target(&self) -> Option<SpanContext> {
         let cx = self.span.span_context();
