@@ -5,6 +5,7 @@
 //! | `auth` | credential extraction from the headers; SHA-256 of the key plus the map lookup (1 and 10 000 keys) |
 //! | `cache` | a hit in the moka store (1 and 10 000 entries) |
 //! | `rate_limit` | one GCRA check of a client limiter that never refuses; the per-IP failed-authentication throttle lookup every request makes |
+//! | `hit_path_tracing` | `proxy::handle` for a cached answer without `[tracing]`, and with it at `sample_ratio` 0 and 1 (spans exported over OTLP/HTTP to an in-process receiver) |
 //! | `metrics` | the per-request counter and histogram updates (`gateway_requests_total`, `gateway_request_duration_seconds`) |
 //! | `hit_path` | `proxy::handle` for a cached answer, without and with the `minimal` profile (+ a rate): authentication, limit, routing, cache, redaction lookup, response assembly, metrics |
 //!
@@ -200,6 +201,93 @@ fn bench_hit_path(c: &mut Criterion) {
     g.finish();
 }
 
+/// A primed gateway with one client (no profile, no rate) and, for `Some(ratio)`, `[tracing]`
+/// at that ratio exporting (http/protobuf) to a receiver that accepts every batch. Returns the
+/// receiver's runtime too (the exporter sends on it) and the receiver's batch counter.
+fn traced_gateway(
+    ratio: Option<f64>,
+) -> (
+    tokio::runtime::Runtime,
+    Arc<Gateway>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let ert = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("exporter runtime");
+    let batches = Arc::new(AtomicUsize::new(0));
+    let b = batches.clone();
+    let addr = ert.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move || {
+                b.fetch_add(1, Ordering::Relaxed);
+                async { "" }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    });
+    let mut tables = format!(
+        "[[clients]]\nname = \"plain\"\nkeys = [\"{plain}\"]\naccount = \"bench\"\n",
+        plain = KeyHash::of(KEY_PLAIN.as_bytes()),
+    );
+    if let Some(ratio) = ratio {
+        tables.push_str(&format!(
+            "\n[tracing]\notlp_endpoint = \"http://{addr}\"\nsample_ratio = {ratio:?}\n"
+        ));
+    }
+    let gw = common::primed_gateway(&ert, &tables, BODY);
+    (ert, gw, batches)
+}
+
+fn bench_hit_path_tracing(c: &mut Criterion) {
+    let rt = runtime();
+    let (_ert, plain, _) = traced_gateway(None);
+    let (_ert0, ratio_0, _) = traced_gateway(Some(0.0));
+    let (_ert1, ratio_1, batches) = traced_gateway(Some(1.0));
+    for gw in [&plain, &ratio_0, &ratio_1] {
+        let resp = rt.block_on(gcore_gateway::proxy::handle(
+            gw.clone(),
+            PEER,
+            request(KEY_PLAIN),
+        ));
+        assert_eq!(resp.headers()["x-cache"], "HIT", "bench setup");
+    }
+    let mut g = c.benchmark_group("hit_path_tracing");
+    for (name, gw) in [
+        ("off", &plain),
+        ("sample_ratio_0", &ratio_0),
+        ("sample_ratio_1", &ratio_1),
+    ] {
+        g.bench_function(format!("proxy_handle/{name}"), |b| {
+            b.iter_custom(|iters| {
+                async_batched(
+                    &rt,
+                    iters,
+                    || request(KEY_PLAIN),
+                    |req| gcore_gateway::proxy::handle(gw.clone(), PEER, req),
+                )
+            })
+        });
+    }
+    g.finish();
+    // What the exporter managed to send, and what it dropped (the queue is bounded).
+    let metrics = ratio_1.metrics_text();
+    let dropped: Vec<_> = metrics
+        .lines()
+        .filter(|l| l.starts_with("gateway_trace_spans_dropped_total"))
+        .collect();
+    eprintln!(
+        "sample_ratio_1: {} export batches received; {dropped:?}",
+        batches.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
+
 fn bench_metrics(c: &mut Criterion) {
     let metrics = gcore_gateway::bench_api::Metrics::new();
     let labels = RequestLabels {
@@ -229,6 +317,7 @@ criterion_group!(
     bench_cache,
     bench_rate_limit,
     bench_hit_path,
+    bench_hit_path_tracing,
     bench_metrics
 );
 criterion_main!(benches);

@@ -17,6 +17,7 @@
 //! | `cache` | moka store, cache keys, entries and renders, single-flight, the L2 value format |
 //! | `rate_limit` | per-client GCRA (local or shared), failed-auth throttle, upstream budget |
 //! | `redis` | the Redis connection, its up/down window, L2/lock/purge operations |
+//! | `telemetry` | OpenTelemetry: server, fill and upstream-attempt spans, links, bounded OTLP/HTTP export |
 //! | `upstream` | the HTTP client, the Gcore key (only place it is exposed), retries, breaker |
 //! | [`config`] | TOML → validated runtime form |
 //! | [`redact`] | redaction profiles: remove/mask/allow, what a profile does with new fields, `check --sample` review |
@@ -47,12 +48,14 @@ pub mod redact;
 mod redis;
 pub mod routing;
 pub mod server;
+mod telemetry;
 pub mod tls;
 pub mod units;
 mod upstream;
 
 pub use gateway::{BuildError, ConfigSource, Gateway, Generation, ReloadError};
 pub use server::run;
+pub use telemetry::{OtlpProtocol, TelemetryError, TracingSettings};
 pub use upstream::{Account, UpstreamKey, UpstreamSettings};
 
 /// Internals measured directly by the benchmarks in `benches/` (and a few tests). Not a stable

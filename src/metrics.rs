@@ -143,6 +143,8 @@ pub struct Metrics {
     pub tls_cert_expiry: Gauge,
     /// `gateway_tls_handshake_failures_total{reason}` (registered by [`Metrics::with_tls`]).
     pub tls_handshake_failures: Family<ReasonLabel, Counter>,
+    /// `gateway_trace_spans_dropped_total`.
+    pub trace_spans_dropped: Family<ReasonLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -312,6 +314,12 @@ impl Metrics {
             "Access log lines dropped because the log sink was slower than the traffic",
             LOG_DROPPED.clone(),
         );
+        let trace_spans_dropped = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "gateway_trace_spans_dropped",
+            "Trace spans not exported, by reason (queue_full: the collector is slower than the traffic; export_failed)",
+            trace_spans_dropped.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -347,6 +355,7 @@ impl Metrics {
             upstream_new_fields,
             tls_cert_expiry: Gauge::default(),
             tls_handshake_failures: Family::default(),
+            trace_spans_dropped,
         }
     }
 

@@ -475,10 +475,21 @@ impl Redis {
         (ms > 0).then(|| Duration::from_millis(ms as u64).min(MAX_SHARED_PAUSE))
     }
 
-    /// Tries to take the fill lock for `key` for `ttl`.
-    pub(crate) async fn lock(&self, key: &CacheKey, account_tag: &str, ttl: Duration) -> Lock {
+    /// Tries to take the fill lock for `key` for `ttl`. The lock's value is a random token,
+    /// then `note` if any (the holder's `traceparent`), after a space.
+    pub(crate) async fn lock(
+        &self,
+        key: &CacheKey,
+        account_tag: &str,
+        ttl: Duration,
+        note: Option<&str>,
+    ) -> Lock {
         let k = self.key("l", key, account_tag);
-        let token = format!("{:032x}", rand::random::<u128>());
+        let mut token = format!("{:032x}", rand::random::<u128>());
+        if let Some(n) = note {
+            token.push(' ');
+            token.push_str(n);
+        }
         let t = token.clone();
         let px = ttl.as_millis().max(1) as u64;
         let got: Option<Option<String>> = self
@@ -510,6 +521,21 @@ impl Redis {
                 .await
         })
         .await
+    }
+
+    /// The note of whoever holds the fill lock for `key` (see [`Redis::lock`]).
+    pub(crate) async fn lock_note(&self, key: &CacheKey, account_tag: &str) -> Option<String> {
+        let k = self.key("l", key, account_tag);
+        let value: Option<String> = self
+            .call("lock_note", |mut c| async move {
+                redis::cmd("GET")
+                    .arg(k)
+                    .query_async::<Option<String>>(&mut c)
+                    .await
+            })
+            .await
+            .flatten();
+        value?.split_once(' ').map(|(_, note)| note.to_string())
     }
 
     /// Releases the fill lock if we still hold it.

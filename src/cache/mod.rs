@@ -96,13 +96,14 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Retain {
     }
 }
 
-/// The cache store and the table of fills in progress; `E` is how a fetch fails.
-pub struct CacheStore<E> {
+/// The cache store and the table of fills in progress; `E` is how a fetch fails, `T` the note
+/// a fill's starter leaves for those who join it.
+pub struct CacheStore<E, T = ()> {
     entries: Cache<CacheKey, Arc<Entry>>,
-    flights: Arc<Flights<CacheKey, Arc<Entry>, E>>,
+    flights: Arc<Flights<CacheKey, Arc<Entry>, E, T>>,
 }
 
-impl<E> std::fmt::Debug for CacheStore<E> {
+impl<E, T> std::fmt::Debug for CacheStore<E, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheStore")
             .field("entries", &self.entries.entry_count())
@@ -110,9 +111,10 @@ impl<E> std::fmt::Debug for CacheStore<E> {
     }
 }
 
-impl<E> CacheStore<E>
+impl<E, T> CacheStore<E, T>
 where
     E: Clone + Send + Sync + From<FetchPanicked> + 'static,
+    T: Clone + Send + 'static,
 {
     /// A store bounded by `max_bytes` of weighted size; each entry is kept for its own
     /// [`Entry::retain`], so a reload that changes TTLs or stale windows applies to new entries.
@@ -148,30 +150,35 @@ where
         }
     }
 
-    /// Joins the fill of `key`, or starts one running `fetch` when none runs. Before fetching,
-    /// the fill looks at the store once more (a fill that finished between a caller's miss and
-    /// its joining is reused, never repeated); a fetched entry is stored unless the store
-    /// already holds a newer one. Returns the shared fill and whether it was joined.
+    /// Joins the fill of `key`, or starts one when none runs: `start` gives the note for
+    /// joiners and the fetch. Before fetching, the fill looks at the store once more (a fill
+    /// that finished between a caller's miss and its joining is reused, never repeated); a
+    /// fetched entry is stored unless the store already holds a newer one. Returns the shared
+    /// fill and, when it was joined, its starter's note.
     pub fn fill<F>(
         &self,
         key: &CacheKey,
         ttl: Duration,
-        fetch: impl FnOnce() -> F + Send + 'static,
-    ) -> (Flight<Arc<Entry>, E>, bool)
+        start: impl FnOnce() -> (T, F),
+    ) -> (Flight<Arc<Entry>, E>, Option<T>)
     where
         F: Future<Output = Result<Arc<Entry>, E>> + Send + 'static,
     {
         let entries = self.entries.clone();
         let k = key.clone();
-        self.flights.join_or_start(key, move || async move {
-            if let Some(e) = entries.get(&k).await {
-                if e.age(Instant::now()) < ttl {
-                    return Ok(e);
+        self.flights.join_or_start(key, move || {
+            let (note, fetch) = start();
+            let fill = async move {
+                if let Some(e) = entries.get(&k).await {
+                    if e.age(Instant::now()) < ttl {
+                        return Ok(e);
+                    }
                 }
-            }
-            let e = fetch().await?;
-            insert_if_newer(&entries, k, e.clone()).await;
-            Ok(e)
+                let e = fetch.await?;
+                insert_if_newer(&entries, k, e.clone()).await;
+                Ok(e)
+            };
+            (note, fill)
         })
     }
 

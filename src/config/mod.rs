@@ -99,6 +99,12 @@ impl Config {
         let upstream = v.upstream(&raw.upstream)?;
         let cache = v.cache(&raw.cache)?;
         let redis = raw.redis.as_ref().map(|r| v.redis(r, env)).transpose()?;
+        let tracing = raw
+            .tracing
+            .as_ref()
+            .map(|t| v.tracing(t))
+            .transpose()?
+            .flatten();
         let accounts = v.accounts(&raw.accounts, env)?;
         let (routes, route_by_path) = v.routes(&raw.routes, cache.ttl)?;
         let (profiles, profile_by_name) = v.profiles(&raw.profiles)?;
@@ -116,6 +122,7 @@ impl Config {
             accounts,
             cache,
             redis,
+            tracing,
             routes,
             route_by_path,
             profiles,
@@ -204,6 +211,15 @@ impl Config {
                         .iter()
                         .map(|n| n.to_string())
                 )
+            ));
+        }
+        if let Some(t) = &self.tracing {
+            out.push_str(&format!(
+                "tracing: OTLP {} to {} (service {}, sample ratio {})\n",
+                t.protocol.as_str(),
+                t.traces_url,
+                t.service_name,
+                t.sample_ratio
             ));
         }
         out

@@ -17,6 +17,7 @@ use crate::auth::KeyHash;
 use crate::drift::Shape;
 use crate::forwarded::TrustedProxies;
 use crate::redact::Profile;
+use crate::telemetry::TracingSettings;
 use crate::tls::Tls;
 use crate::units::Rate;
 use crate::upstream::{Account, UpstreamSettings};
@@ -216,6 +217,8 @@ pub struct Config {
     pub cache: CacheSettings,
     /// `[redis]`, when replicas share through Redis.
     pub redis: Option<RedisSettings>,
+    /// `[tracing]`, when traces are exported (an `otlp_endpoint` is set).
+    pub tracing: Option<TracingSettings>,
     /// `[[routes]]`, in config order.
     pub routes: Vec<Arc<Route>>,
     /// Route index by path.

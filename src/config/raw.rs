@@ -24,6 +24,7 @@ pub struct RawConfig {
     pub accounts: Vec<RawAccount>,
     pub cache: RawCache,
     pub redis: Option<RawRedis>,
+    pub tracing: Option<RawTracing>,
     pub routes: Vec<RawRoute>,
     pub profiles: BTreeMap<String, RawProfile>,
     pub clients: Vec<RawClient>,
@@ -37,6 +38,7 @@ impl Default for RawConfig {
             accounts: Vec::new(),
             cache: RawCache::default(),
             redis: None,
+            tracing: None,
             // Without `[[routes]]` only the endpoint the gateway was built for is exposed.
             routes: vec![RawRoute {
                 path: "/iam/clients/me".into(),
@@ -199,6 +201,30 @@ impl Default for RawRedis {
             // is in trouble.
             timeout: "50ms".into(),
             pool_size: 4,
+        }
+    }
+}
+
+/// `[tracing]` (optional): OpenTelemetry traces exported over OTLP/HTTP.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTracing {
+    /// Base URL of the collector (`/v1/traces` is appended); absent = no export.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: String,
+    pub service_name: String,
+    pub sample_ratio: f64,
+}
+
+impl Default for RawTracing {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            // The OTLP spec's default for HTTP: smaller than JSON, what every collector takes.
+            otlp_protocol: "http/protobuf".into(),
+            service_name: "gcore-gateway".into(),
+            // Every request: the span cost is small next to a proxy hop (see BENCHMARKS.md).
+            sample_ratio: 1.0,
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::auth::KeyHash;
 use crate::drift::{self, Shape};
 use crate::forwarded::TrustedProxies;
 use crate::redact::Profile;
+use crate::telemetry::{OtlpProtocol, TracingSettings};
 use crate::tls::{Tls, TlsFiles};
 use crate::units;
 use crate::upstream::{Account, UpstreamKey, UpstreamSettings};
@@ -207,6 +208,76 @@ impl Validator<'_> {
                 &u.circuit_breaker_cooldown,
             )?,
         })
+    }
+
+    /// `[tracing]`: `None` when no `otlp_endpoint` is set (nothing is traced or exported).
+    pub(super) fn tracing(
+        &self,
+        t: &raw::RawTracing,
+    ) -> Result<Option<TracingSettings>, ConfigError> {
+        let protocol = match t.otlp_protocol.trim() {
+            "http/protobuf" => OtlpProtocol::HttpProtobuf,
+            "http/json" => OtlpProtocol::HttpJson,
+            "grpc" => {
+                return Err(self.err(
+                    "tracing.otlp_protocol",
+                    "gRPC is not supported: use \"http/protobuf\" (collector port 4318)",
+                ))
+            }
+            _ => {
+                return Err(self.err(
+                    "tracing.otlp_protocol",
+                    "expected \"http/protobuf\" or \"http/json\"",
+                ))
+            }
+        };
+        let r = t.sample_ratio;
+        if !(0.0..=1.0).contains(&r) {
+            return Err(self.err(
+                "tracing.sample_ratio",
+                "must be a number from 0 to 1 (0 = only requests whose caller's traceparent is sampled)",
+            ));
+        }
+        let service_name = t.service_name.trim();
+        if service_name.is_empty()
+            || service_name.len() > 255
+            || service_name.chars().any(char::is_control)
+        {
+            return Err(self.err(
+                "tracing.service_name",
+                "must be 1 to 255 printable characters",
+            ));
+        }
+        let Some(endpoint) = &t.otlp_endpoint else {
+            return Ok(None);
+        };
+        let key = "tracing.otlp_endpoint";
+        let url = reqwest::Url::parse(endpoint.trim())
+            .map_err(|e| self.err(key, format!("invalid URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(self.err(key, "must be an http:// or https:// URL (OTLP over HTTP)"));
+        }
+        if url.host_str().is_none() {
+            return Err(self.err(key, "has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.err(key, "must not carry credentials"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(self.err(key, "must not have a query or fragment"));
+        }
+        // The base URL of OTLP/HTTP, as OTEL_EXPORTER_OTLP_ENDPOINT: the signal path is added.
+        let traces_url = if url.path().ends_with("/v1/traces") {
+            url.as_str().to_string()
+        } else {
+            format!("{}/v1/traces", url.as_str().trim_end_matches('/'))
+        };
+        Ok(Some(TracingSettings {
+            traces_url,
+            protocol,
+            service_name: service_name.to_string(),
+            sample_ratio: r,
+        }))
     }
 
     pub(super) fn cache(&self, c: &raw::RawCache) -> Result<CacheSettings, ConfigError> {

@@ -129,6 +129,9 @@ pub enum BuildError {
     /// Invalid Redis settings (redis.url): ….
     #[error("invalid Redis settings (redis.url): {0}")]
     Redis(String),
+    /// Cannot start tracing ([tracing]): ….
+    #[error("cannot start tracing ([tracing]): {0}")]
+    Tracing(#[from] crate::telemetry::TelemetryError),
 }
 
 impl Generation {

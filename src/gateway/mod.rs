@@ -28,6 +28,7 @@ use crate::drift::seen::SeenLog;
 use crate::metrics::{AccountLabel, KeyLabels, Metrics};
 use crate::rate_limit::TokioClock;
 use crate::redis::Redis;
+use crate::telemetry::{FillLink, Telemetry};
 use crate::upstream::UpstreamFailure;
 
 /// Where the config is re-read from on reload.
@@ -72,10 +73,12 @@ impl ConfigSource {
 /// Everything a request handler or admin route needs.
 pub struct Gateway {
     generation: ArcSwap<Generation>,
-    pub(crate) cache: CacheStore<UpstreamFailure>,
+    pub(crate) cache: CacheStore<UpstreamFailure, FillLink>,
     pub(crate) metrics: Arc<Metrics>,
     /// Redis sharing, when `[redis]` is configured (fixed until restart).
     pub(crate) redis: Option<Arc<Redis>>,
+    /// The tracer and exporter, when `[tracing]` exports (fixed until restart).
+    pub(crate) telemetry: Option<Telemetry>,
     pub(crate) ready: AtomicBool,
     /// New fields met in upstream answers, per route (`/admin/schema`).
     pub(crate) schema: SeenLog,
@@ -124,6 +127,11 @@ impl Gateway {
             ),
             None => None,
         };
+        let telemetry = config
+            .tracing
+            .as_ref()
+            .map(|t| Telemetry::start(t, &metrics))
+            .transpose()?;
         let generation = Generation::build(config, None, &clock, &metrics)?;
         went_live(&metrics, &generation.config);
         let gw = Arc::new(Gateway {
@@ -131,6 +139,7 @@ impl Gateway {
             cache,
             metrics,
             redis,
+            telemetry,
             clock,
             ready: AtomicBool::new(false),
             schema: SeenLog::default(),
@@ -181,6 +190,12 @@ impl Gateway {
         let key = crate::cache::CacheKey::new(a.name.clone(), a.key_fp, route.into(), None);
         self.cache.insert(key, entry).await;
         true
+    }
+
+    /// The Prometheus text of `/metrics` (benchmarks read counters from it).
+    #[doc(hidden)]
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
     }
 
     /// Open caller connections now.
@@ -324,7 +339,7 @@ fn record_tls(metrics: &Metrics, config: &Config) {
 /// Refuses a config whose restart-only settings differ from the running one's.
 fn restart_only_unchanged(new: &Config, old: &Config) -> Result<(), ReloadError> {
     let (new_tls, old_tls) = (&new.server.tls, &old.server.tls);
-    let checks: [(bool, &'static str); 7] = [
+    let checks: [(bool, &'static str); 8] = [
         // A reload never turns TLS or client certificates off (an edit that drops a line
         // must not put team keys back on the wire in clear) nor on (callers would break
         // mid-flight); the files themselves are re-read on every reload.
@@ -343,6 +358,7 @@ fn restart_only_unchanged(new: &Config, old: &Config) -> Result<(), ReloadError>
             "server.admin_listen",
         ),
         (new.redis == old.redis, "[redis]"),
+        (new.tracing == old.tracing, "[tracing]"),
         (new.cache.max_size == old.cache.max_size, "cache.max_size"),
         (
             new.server.conn == old.server.conn,

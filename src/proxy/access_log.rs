@@ -38,6 +38,8 @@ pub(crate) struct Line<'a> {
     pub(crate) cache: &'static str,
     pub(crate) latency: Duration,
     pub(crate) upstream: Option<Duration>,
+    /// The W3C trace id of the request's span, when tracing is on.
+    pub(crate) trace_id: Option<u128>,
 }
 
 /// Whether access lines are wanted (the tracing filter enables the target at INFO).
@@ -80,6 +82,9 @@ fn encode(buf: &mut Vec<u8>, l: &Line<'_>, now: SystemTime) {
     if let Some(u) = l.upstream {
         buf.extend_from_slice(b",\"upstream_us\":");
         buf.extend_from_slice(num.format(u.as_micros() as u64).as_bytes());
+    }
+    if let Some(t) = l.trace_id {
+        let _ = write!(buf, ",\"trace_id\":\"{t:032x}\"");
     }
     buf.extend_from_slice(b"}\n");
 }
@@ -168,6 +173,7 @@ mod tests {
             cache: "HIT",
             latency: Duration::from_micros(42),
             upstream: None,
+            trace_id: None,
         }
     }
 
@@ -193,6 +199,22 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["latency_us"], 42);
         assert!(v.get("upstream_us").is_none());
+        assert!(v.get("trace_id").is_none(), "no trace id without tracing");
+    }
+
+    #[test]
+    fn the_trace_id_is_32_hex_digits() {
+        let mut l = line();
+        l.trace_id = Some(0x4bf92f3577b34da6a3ce929d0e0e4736);
+        let mut buf = Vec::new();
+        encode(&mut buf, &l, SystemTime::UNIX_EPOCH);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        l.trace_id = Some(1);
+        buf.clear();
+        encode(&mut buf, &l, SystemTime::UNIX_EPOCH);
+        let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(v["trace_id"], "00000000000000000000000000000001");
     }
 
     #[test]

@@ -10,10 +10,14 @@
 //! Each new answer is checked once against its route's baseline (`drift`): an upstream answer
 //! with new fields is reported (one WARN per path per process, the counter, `/admin/schema`);
 //! a copy from another replica is checked but not reported again (its fetcher did).
+//! stored: the previous good copy stays (a failed refresh never evicts). With tracing, a fill
+//! is a span (child of the request that started it) with one child per upstream attempt; the
+//! fill lock in Redis carries its `traceparent` so another replica's waiting fill links to it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use opentelemetry::trace::SpanContext;
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
@@ -23,6 +27,7 @@ use crate::drift::NewFields;
 use crate::gateway::{AccountState, Gateway, Generation};
 use crate::metrics::{AccountLabel, RouteLabel, UpstreamLabels};
 use crate::redis::{Lock, Redis, POLL_EVERY};
+use crate::telemetry::{FillLink, FillSpan};
 use crate::upstream::breaker::Transition;
 use crate::upstream::{Admission, UpstreamFailure, UpstreamSettings};
 
@@ -59,25 +64,52 @@ pub(crate) struct Miss {
     /// `gateway_upstream_calls_caused_total` of the client whose request started this miss:
     /// counts every upstream attempt the fetch makes (joiners' misses never run).
     pub(crate) caused: Counter,
+    /// The server span of the request, when traced: the parent of a fill it starts.
+    pub(crate) parent: Option<SpanContext>,
 }
 
 impl Miss {
-    /// Joins the fill of this key, or starts one. Returns the fill and whether it was joined.
-    pub(crate) fn fill(self) -> (Flight<Arc<Entry>, UpstreamFailure>, bool) {
+    /// Joins the fill of this key, or starts one. Returns the fill and, when it was joined,
+    /// what to link to.
+    pub(crate) fn fill(self) -> (Flight<Arc<Entry>, UpstreamFailure>, Option<FillLink>) {
         let gw = self.gw.clone();
         let (key, ttl) = (self.key.clone(), self.route.ttl);
-        gw.cache.fill(&key, ttl, move || self.fetch())
+        gw.cache.fill(&key, ttl, move || {
+            let span = match (&self.gw.telemetry, &self.parent) {
+                (Some(t), Some(parent)) => Some(t.fill_span(parent, &self.route.path)),
+                _ => None,
+            };
+            (
+                span.as_ref().and_then(FillSpan::link_target),
+                self.fetch(span),
+            )
+        })
     }
 
-    async fn fetch(self) -> Result<Arc<Entry>, UpstreamFailure> {
+    async fn fetch(self, mut span: Option<FillSpan>) -> Result<Arc<Entry>, UpstreamFailure> {
+        let result = self.fetch_traced(span.as_mut()).await;
+        if let Some(s) = span {
+            s.end(match &result {
+                Ok(e) if e.origin == Origin::Replica => "shared",
+                Ok(_) => "ok",
+                Err(f) => f.outcome(),
+            });
+        }
+        result
+    }
+
+    async fn fetch_traced(
+        &self,
+        mut span: Option<&mut FillSpan>,
+    ) -> Result<Arc<Entry>, UpstreamFailure> {
         let Some(redis) = self.gw.redis.clone() else {
-            return self.call_upstream().await;
+            return self.call_upstream(span.as_deref()).await;
         };
-        let token = match self.shared_step(&redis).await {
+        let token = match self.shared_step(&redis, span.as_deref_mut()).await {
             SharedStep::Served(e) => return Ok(e),
             SharedStep::Fetch(token) => token,
         };
-        let result = self.call_upstream().await;
+        let result = self.call_upstream(span.as_deref()).await;
         if let Ok(e) = &result {
             let name = redis.key("c", &self.key, &self.account.account.tag);
             let value = l2::encode(
@@ -111,14 +143,16 @@ impl Miss {
     /// The cross-replica part: a fresh shared copy, or the lock, or waiting for the replica
     /// that holds it. Falls back to a local fetch when Redis is unavailable, when the holder
     /// finishes without a fresh copy (it failed), or when the deadline nears.
-    async fn shared_step(&self, redis: &Redis) -> SharedStep {
+    async fn shared_step(&self, redis: &Redis, mut span: Option<&mut FillSpan>) -> SharedStep {
         if let Some(e) = self.shared_copy(redis).await {
             return SharedStep::Served(e);
         }
         let tag = &self.account.account.tag;
         let ttl = lock_ttl(&self.generation);
+        let note = span.as_deref().and_then(FillSpan::traceparent);
+        let mut linked: Option<String> = None;
         loop {
-            match redis.lock(&self.key, tag, ttl).await {
+            match redis.lock(&self.key, tag, ttl, note.as_deref()).await {
                 Lock::Acquired(token) => {
                     // A holder may have stored its answer and released the lock in between.
                     if let Some(e) = self.shared_copy(redis).await {
@@ -128,7 +162,16 @@ impl Miss {
                     return SharedStep::Fetch(Some(token));
                 }
                 Lock::Unavailable => return SharedStep::Fetch(None),
-                Lock::Held => {}
+                Lock::Held => {
+                    // Recorded: link this fill to the holder's (once per holder).
+                    if let Some(s) = span.as_deref_mut().filter(|s| s.recording()) {
+                        let holder = redis.lock_note(&self.key, tag).await;
+                        if let Some(h) = holder.filter(|h| linked.as_ref() != Some(h)) {
+                            s.waited_on_replica(&h);
+                            linked = Some(h);
+                        }
+                    }
+                }
             }
             loop {
                 if Instant::now() + POLL_EVERY >= self.deadline {
@@ -178,7 +221,7 @@ impl Miss {
     }
 
     /// Breaker → budget → the upstream call (with its retries) → an entry.
-    async fn call_upstream(&self) -> Result<Arc<Entry>, UpstreamFailure> {
+    async fn call_upstream(&self, span: Option<&FillSpan>) -> Result<Arc<Entry>, UpstreamFailure> {
         let metrics = &self.gw.metrics;
         let account = &self.account;
         let labels = |outcome| UpstreamLabels {
@@ -221,13 +264,19 @@ impl Miss {
                 account: account.account.name.clone(),
             });
         // Every HTTP attempt (retries included) is counted, so the metric equals what Gcore saw.
-        let on_attempt = |outcome: &'static str, took: Duration| {
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let on_attempt = |result: Result<(), &UpstreamFailure>, took: Duration| {
             self.caused.inc();
+            let outcome = result.map_or_else(UpstreamFailure::outcome, |()| "ok");
             metrics
                 .upstream_requests
                 .get_or_create(&labels(outcome))
                 .inc();
             duration.observe(took.as_secs_f64());
+            if let Some(s) = span {
+                let n = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                s.attempt(n, result, took, &self.route.path);
+            }
         };
         let started = Instant::now();
         let fetched = self

@@ -8,7 +8,8 @@
 //! key is looked at), [`miss`] (what a cache miss does, handed to the cache as a fetch),
 //! [`respond`] (headers, 304, request ids), [`access_log`] (the log line and request
 //! metrics). Sockets, connection limits and panics are `server`'s; the error→status table is
-//! `error`'s.
+//! `error`'s. With `[tracing]`, the request is a server span (`telemetry`), started first and
+//! ended after the access line; without it, the span is `None` and costs one branch.
 
 pub(crate) mod access_log;
 pub(crate) mod miss;
@@ -36,6 +37,7 @@ use crate::metrics::{ClientLabel, ReasonLabel, RequestLabels};
 use crate::rate_limit::RateLimitInfo;
 use crate::redact::RedactError;
 use crate::routing;
+use crate::telemetry::{Finished, ServerSpan};
 use crate::units::unix_ms;
 use crate::upstream::UpstreamFailure;
 use miss::Miss;
@@ -55,6 +57,8 @@ struct Ctx {
     /// Upstream fetch time, when this request waited for one (MISS).
     upstream: Option<Duration>,
     rate_limit: Option<RateLimitInfo>,
+    /// The server span, when tracing is on.
+    trace: Option<ServerSpan>,
 }
 
 /// Handles one caller request. Never panics on input; never sends caller bytes upstream.
@@ -78,6 +82,10 @@ pub(crate) async fn handle_with_id<B>(
         .server
         .trusted_proxies
         .client_ip(peer, req.headers());
+    let trace = gw
+        .telemetry
+        .as_ref()
+        .and_then(|t| t.server_span(req.headers()));
     let mut ctx = Ctx {
         generation,
         gw,
@@ -88,6 +96,7 @@ pub(crate) async fn handle_with_id<B>(
         cache: None,
         upstream: None,
         rate_limit: None,
+        trace,
     };
     let mut resp = match pipeline(&mut ctx, &req).await {
         Ok(r) => r,
@@ -103,6 +112,9 @@ pub(crate) async fn handle_with_id<B>(
         respond::rate_limit_headers(resp.headers_mut(), info);
     }
     record(&ctx, &req, &resp, request_id, started);
+    if let Some(span) = ctx.trace.take() {
+        finish_trace(span, &ctx, &req, &resp, request_id);
+    }
     resp
 }
 
@@ -176,6 +188,7 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
         .cache
         .lookup(&key, now, route.ttl, generation.stale)
         .await;
+    let parent = ctx.trace.as_ref().map(|s| s.context().clone());
     let miss = || Miss {
         gw: ctx.gw.clone(),
         generation: generation.clone(),
@@ -184,6 +197,7 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
         route: route.clone(),
         deadline: now + config.server.request_timeout,
         caused: state.calls_caused.clone(),
+        parent: parent.clone(),
     };
     // `joined`: this request waited for a fetch another request started.
     let (entry, status, joined) = match lookup {
@@ -204,23 +218,29 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
             let m = miss();
             let deadline = m.deadline;
             let (flight, joined) = m.fill();
-            if joined {
+            let was_joined = joined.is_some();
+            if let Some(link) = joined {
                 ctx.gw.metrics.coalesced.inc();
+                if let (Some(span), Some(fill)) = (ctx.trace.as_mut(), link) {
+                    span.waited_on(&fill);
+                }
             }
             let result = tokio::time::timeout_at(deadline, flight)
                 .await
                 .unwrap_or(Err(UpstreamFailure::Timeout));
             match (result, stale) {
                 // Another replica's fetch, read from Redis: no upstream call was waited for.
-                (Ok(e), _) if e.origin == Origin::Replica => (e, CacheStatus::SharedHit, joined),
-                (Ok(e), _) => (e, CacheStatus::Miss, joined),
+                (Ok(e), _) if e.origin == Origin::Replica => {
+                    (e, CacheStatus::SharedHit, was_joined)
+                }
+                (Ok(e), _) => (e, CacheStatus::Miss, was_joined),
                 (Err(_), Some(e)) => {
                     ctx.gw
                         .metrics
                         .stale_served
                         .get_or_create(&ReasonLabel { reason: "error" })
                         .inc();
-                    (e, CacheStatus::Stale, joined)
+                    (e, CacheStatus::Stale, was_joined)
                 }
                 (Err(f), None) => return Err(GatewayError::from(f)),
             }
@@ -354,6 +374,7 @@ fn record<B>(
             cache,
             latency: elapsed,
             upstream: ctx.upstream,
+            trace_id: ctx.trace.as_ref().and_then(ServerSpan::trace_id),
         });
     }
     // The common case (200 HIT) uses a counter handle made at config load: no label hashing.
@@ -386,4 +407,24 @@ fn record<B>(
             cache,
         })
         .inc();
+}
+
+/// Ends the server span with what the access line says.
+fn finish_trace<B>(
+    span: ServerSpan,
+    ctx: &Ctx,
+    req: &Request<B>,
+    resp: &Response<Bytes>,
+    request_id: &RequestId,
+) {
+    let config = &ctx.generation.config;
+    span.finish(&Finished {
+        method: shape::method_label(req.method()),
+        route: ctx.route.map(|i| &config.routes[i].path),
+        client: ctx.client.map(|i| &config.clients[i].name),
+        status: resp.status().as_u16(),
+        cache: ctx.cache.map_or("NONE", CacheStatus::label),
+        request_id: request_id.as_str(),
+        client_ip: ctx.client_ip,
+    });
 }

@@ -174,6 +174,10 @@ pub async fn run(
     maintenance.abort();
     let _ = admin_stop_tx.send(());
     let _ = admin.await;
+    if let Some(t) = &gw.telemetry {
+        // The spans of the last requests are exported before the process ends.
+        t.shutdown().await;
+    }
     crate::proxy::access_log::flush(Duration::from_secs(1));
     result
 }

@@ -90,6 +90,15 @@ impl UpstreamFailure {
         }
     }
 
+    /// The HTTP status the upstream answered, when it answered one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Status(s) | Self::Unauthorized(s) if *s != 0 => Some(*s),
+            Self::RateLimited { .. } => Some(429),
+            _ => None,
+        }
+    }
+
     /// Whether the call never left the gateway (budget, pause): not an upstream failure.
     pub fn is_local(&self) -> bool {
         matches!(self, Self::BudgetExhausted { .. } | Self::Paused { .. })
@@ -155,7 +164,8 @@ impl Upstream {
 
     /// Fetches `path?query` for `account`, retrying connect errors and 502/503/504 with
     /// exponential backoff and full jitter, never past `deadline`. `admit` is asked before
-    /// every attempt (the global upstream budget) and may refuse it.
+    /// every attempt (the global upstream budget) and may refuse it; `on_attempt` hears how
+    /// each attempt ended and how long it took.
     pub(crate) async fn fetch<'b>(
         &self,
         account: &Account,
@@ -163,7 +173,7 @@ impl Upstream {
         query: Option<&str>,
         deadline: Instant,
         admit: &(dyn Fn() -> Admission<'b> + Sync),
-        on_attempt: &(dyn Fn(&'static str, Duration) + Sync),
+        on_attempt: &(dyn Fn(Result<(), &UpstreamFailure>, Duration) + Sync),
     ) -> Result<Bytes, UpstreamFailure> {
         let mut url = String::with_capacity(self.settings.base_url.len() + path.len() + 32);
         url.push_str(&self.settings.base_url);
@@ -188,10 +198,7 @@ impl Upstream {
             let result = tokio::time::timeout_at(per_attempt, self.attempt(&url, &auth))
                 .await
                 .unwrap_or(Err(UpstreamFailure::Timeout));
-            on_attempt(
-                result.as_ref().map_or_else(|f| f.outcome(), |_| "ok"),
-                started.elapsed(),
-            );
+            on_attempt(result.as_ref().map(|_| ()), started.elapsed());
             match result {
                 Ok(body) => return Ok(body),
                 Err(e) if e.retryable() && attempt <= self.settings.retries => {

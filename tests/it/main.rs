@@ -23,3 +23,4 @@ mod serving;
 mod shipped_config;
 mod tls;
 mod tls_roots;
+mod tracing;

@@ -57,7 +57,7 @@ impl Redis {
         }
         panic!("redis-server did not start on {port}");
     }
-    fn start() -> Redis {
+    pub(crate) fn start() -> Redis {
         Redis::start_on(free_port())
     }
     fn stop(&mut self) {
@@ -78,14 +78,14 @@ impl Drop for Redis {
     }
 }
 
-fn shared_config(up: &FakeUpstream, redis: &Redis, extra: &str) -> String {
+pub(crate) fn shared_config(up: &FakeUpstream, redis: &Redis, extra: &str) -> String {
     config(
         &up.url(),
         &format!("{extra}\n[redis]\nurl = \"{}\"\nkey_prefix = \"test:\"\ntimeout = \"200ms\"\npool_size = 2\n", redis.url()),
     )
 }
 
-async fn wait_redis_up(gws: &[&Harness]) {
+pub(crate) async fn wait_redis_up(gws: &[&Harness]) {
     for _ in 0..300 {
         if gws.iter().all(|g| g.gw.redis_up() == Some(true)) {
             return;
