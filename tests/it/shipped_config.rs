@@ -72,10 +72,12 @@ impl Drop for TestPair {
     }
 }
 
-/// A shipped config as the gateway would load it (the stand-in pair for the deploy mount).
+/// A shipped config as the gateway would load it; one that serves TLS must read the pair from
+/// the deploy mount, and reads the stand-in pair instead.
 fn load(rel: &str, pair: &TestPair) -> Config {
     let text = std::fs::read_to_string(root().join(rel)).unwrap();
-    let text = if text.contains(DEPLOY_TLS_DIR) {
+    let serves_tls = text.lines().any(|l| l.starts_with("tls_cert_file"));
+    let text = if serves_tls {
         pair.serve_from_here(&text)
     } else {
         text
