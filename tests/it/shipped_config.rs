@@ -2,12 +2,17 @@
 //! the `deploy/` configs) open with no key that appears anywhere in the repository: every
 //! key-looking string of every file (README, docs, examples, tests, the demo) is hashed and
 //! looked up among the shipped client hashes, exactly as the gateway does for a request.
+//! The `deploy/` examples serve TLS from the mount their manifests make and believe the
+//! `X-Forwarded-For` of their load balancer (`trusted_proxies`) instead of turning the
+//! failed-auth throttle off.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use gcore_gateway::auth::KeyHash;
 use gcore_gateway::config::{Config, SecretSource};
+
+use crate::support::Edit;
 
 /// Resolves every secret reference: these configs are checked for their client keys only.
 struct AnySecret;
@@ -24,6 +29,61 @@ impl SecretSource for AnySecret {
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where the `deploy/` configs read their TLS pair: the directory docker-compose.yml and
+/// deploy/k8s/deployment.yaml mount into the gateway container (absent here).
+const DEPLOY_TLS_DIR: &str = "/etc/gcore-gateway/tls";
+
+/// A self-signed pair in a temporary directory (removed on drop), standing in for the mount.
+struct TestPair(PathBuf);
+
+impl TestPair {
+    fn new(tag: &str) -> TestPair {
+        let dir = std::env::temp_dir().join(format!(
+            "gcore-gateway-shipped-{tag}-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pair = rcgen::generate_simple_self_signed(vec!["gcore-gateway".to_string()]).unwrap();
+        std::fs::write(dir.join("tls.crt"), pair.cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), pair.signing_key.serialize_pem()).unwrap();
+        TestPair(dir)
+    }
+
+    /// `text` (a deploy config) reading this pair instead of the mount; panics unless the
+    /// config serves TLS from the mount.
+    fn serve_from_here(&self, text: &str) -> String {
+        let path = |f: &str| format!("{:?}", self.0.join(f).display().to_string());
+        text.edit(
+            &format!("tls_cert_file = \"{DEPLOY_TLS_DIR}/tls.crt\""),
+            &format!("tls_cert_file = {}", path("tls.crt")),
+        )
+        .edit(
+            &format!("tls_key_file = \"{DEPLOY_TLS_DIR}/tls.key\""),
+            &format!("tls_key_file = {}", path("tls.key")),
+        )
+    }
+}
+
+impl Drop for TestPair {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A shipped config as the gateway would load it; one that serves TLS must read the pair from
+/// the deploy mount, and reads the stand-in pair instead.
+fn load(rel: &str, pair: &TestPair) -> Config {
+    let text = std::fs::read_to_string(root().join(rel)).unwrap();
+    let serves_tls = text.lines().any(|l| l.starts_with("tls_cert_file"));
+    let text = if serves_tls {
+        pair.serve_from_here(&text)
+    } else {
+        text
+    };
+    Config::parse(&text, rel, &AnySecret)
+        .unwrap_or_else(|e| panic!("{rel} must be a valid config: {e}"))
 }
 
 /// Every file of the repository but build output and git's own store.
@@ -177,16 +237,60 @@ fn no_key_in_the_repository_opens_a_shipped_config() {
             "{must} not found: {names:?}"
         );
     }
+    let pair = TestPair::new("keys");
     let mut opened = Vec::new();
-    for (path, name) in configs.iter().zip(&names) {
-        let text = std::fs::read_to_string(path).unwrap();
-        let config = Config::parse(&text, name, &AnySecret)
-            .unwrap_or_else(|e| panic!("{name} must be a valid config: {e}"));
+    for name in &names {
+        let config = load(name, &pair);
         for key in openers(&config, &candidates) {
             opened.push(format!("{name} opens with {key:?}"));
         }
     }
     assert!(opened.is_empty(), "{opened:#?}");
+}
+
+/// Behind nginx (compose) or an Ingress (k8s) the failed-auth throttle stays on and counts per
+/// forwarded caller, the caller port speaks TLS, and the config's TLS paths and nginx's
+/// address are what the manifests actually mount and assign.
+#[test]
+fn the_deploy_examples_serve_tls_and_trust_only_their_proxies() {
+    let pair = TestPair::new("deploy");
+    let read = |rel: &str| std::fs::read_to_string(root().join(rel)).unwrap();
+    for rel in ["deploy/compose/gateway.toml", "deploy/k8s/gateway.toml"] {
+        let c = load(rel, &pair);
+        assert!(c.server.tls.is_some(), "{rel}: the caller port speaks TLS");
+        assert!(
+            c.server.auth_failure_limit.is_some(),
+            "{rel}: the throttle stays on"
+        );
+        assert!(
+            !c.server.trusted_proxies.is_empty(),
+            "{rel}: names its proxies"
+        );
+    }
+
+    let compose = load("deploy/compose/gateway.toml", &pair);
+    let nginx: std::net::IpAddr = "172.30.80.10".parse().unwrap();
+    assert_eq!(compose.server.trusted_proxies.nets().len(), 1);
+    assert!(compose.server.trusted_proxies.contains(nginx));
+    let yml = read("deploy/docker-compose.yml");
+    assert!(
+        yml.contains(&format!("ipv4_address: {nginx}\n")),
+        "lb keeps the trusted address"
+    );
+    assert!(
+        yml.contains(&format!("target: {DEPLOY_TLS_DIR}\n")),
+        "the gateways mount the pair"
+    );
+
+    let deployment = read("deploy/k8s/deployment.yaml");
+    assert!(deployment.contains(&format!("mountPath: {DEPLOY_TLS_DIR}\n")));
+    assert!(deployment.contains("secretName: gcore-gateway-tls\n"));
+    // The base applies on a plain cluster: cert-manager and ingress-nginx objects are optional.
+    let base = read("deploy/k8s/kustomization.yaml");
+    let resources: Vec<&str> = base.lines().map(str::trim).collect();
+    for optional in ["- certificate.yaml", "- ingress.yaml"] {
+        assert!(!resources.contains(&optional), "{base}");
+    }
 }
 
 #[test]
