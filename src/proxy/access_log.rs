@@ -1,19 +1,24 @@
 //! The access log: one JSON line per request (target `gcore_gateway::access`), and the request
 //! metrics recorded with it.
 //!
-//! Lines are encoded here, by hand, into one small buffer each (no tracing formatter or field
-//! visitor on the hot path) and handed to a writer thread that writes them in batches to
-//! stderr. The queue is bounded in bytes ([`MAX_QUEUED_BYTES`]): when the sink is slower than
-//! the traffic, lines are dropped and counted (`gateway_log_dropped_total`) instead of growing
-//! memory or slowing requests. Only values from a closed set or the config reach a line: the
-//! method is a standard one or `OTHER`, names are config names, the request id is checked.
+//! Lines are encoded here, by hand, into a per-thread scratch buffer (no tracing formatter or
+//! field visitor, no allocation on the hot path) and appended to one shared buffer, which a
+//! writer thread swaps out and writes to stderr in batches every few milliseconds: a request
+//! never makes a system call or wakes a thread for its line (the writer is woken only when the
+//! buffer passes [`WAKE_AT`]). The buffer is bounded in bytes ([`MAX_QUEUED_BYTES`]): when the
+//! sink is slower than the traffic, lines are dropped and counted (`gateway_log_dropped_total`)
+//! instead of growing memory or slowing requests. Only values from a closed set or the config
+//! reach a line: the method is a standard one or `OTHER`, names are config names, the request
+//! id is checked.
 //! Whether lines are written at all follows the tracing filter (`RUST_LOG`) for the target.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
 
 /// The access log's tracing target (for `RUST_LOG` filters and log routing).
 #[cfg(test)]
@@ -22,6 +27,13 @@ const TARGET: &str = "gcore_gateway::access";
 /// Bytes of encoded lines that may wait for the writer; beyond it, lines are dropped. 4 MiB
 /// is about 20,000 lines: seconds of full-speed traffic for a stalled sink.
 pub(crate) const MAX_QUEUED_BYTES: usize = 4 << 20;
+
+/// Buffered bytes at which a request wakes the writer instead of letting it find them on its
+/// next round.
+const WAKE_AT: usize = 256 << 10;
+/// How long the writer sleeps between rounds while lines keep coming, and when idle.
+const BUSY_ROUND: Duration = Duration::from_millis(5);
+const IDLE_ROUND: Duration = Duration::from_millis(25);
 
 /// Lines dropped because the queue was full (exported as `gateway_log_dropped_total`).
 use crate::metrics::LOG_DROPPED as DROPPED;
@@ -49,9 +61,19 @@ pub(crate) fn enabled() -> bool {
 
 /// Encodes `line` and queues it for the writer (or drops and counts it when the queue is full).
 pub(crate) fn write(line: &Line<'_>) {
-    let mut buf = Vec::with_capacity(320);
-    encode(&mut buf, line, SystemTime::now());
-    sink().send(buf);
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+    }
+    SCRATCH.with(|scratch| {
+        // Never re-entered (encoding calls nothing that logs); if it were, the line is dropped.
+        let Ok(mut buf) = scratch.try_borrow_mut() else {
+            DROPPED.inc();
+            return;
+        };
+        buf.clear();
+        encode(&mut buf, line, SystemTime::now());
+        sink().push(&buf);
+    });
 }
 
 fn encode(buf: &mut Vec<u8>, l: &Line<'_>, now: SystemTime) {
@@ -95,57 +117,98 @@ fn string(buf: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *buf, s);
 }
 
+/// The shared buffer of encoded lines and the writer that empties it.
 struct Sink {
-    tx: Sender<Vec<u8>>,
+    buf: Mutex<Vec<u8>>,
+    /// Bytes buffered or being written.
     queued: &'static AtomicUsize,
+    writer: OnceLock<std::thread::Thread>,
 }
 
 static QUEUED: AtomicUsize = AtomicUsize::new(0);
 
 impl Sink {
-    fn send(&self, line: Vec<u8>) {
+    fn new(queued: &'static AtomicUsize) -> Sink {
+        Sink {
+            buf: Mutex::new(Vec::with_capacity(64 << 10)),
+            queued,
+            writer: OnceLock::new(),
+        }
+    }
+
+    /// Appends one encoded line, or drops and counts it when the bound is reached.
+    fn push(&self, line: &[u8]) {
         let n = line.len();
         if self.queued.fetch_add(n, Ordering::AcqRel) + n > MAX_QUEUED_BYTES {
             self.queued.fetch_sub(n, Ordering::AcqRel);
             DROPPED.inc();
             return;
         }
-        if self.tx.send(line).is_err() {
-            self.queued.fetch_sub(n, Ordering::AcqRel);
-            DROPPED.inc();
+        let len = {
+            let mut buf = self.buf.lock();
+            buf.extend_from_slice(line);
+            buf.len()
+        };
+        if len >= WAKE_AT && len - n < WAKE_AT {
+            self.wake();
         }
+    }
+
+    fn wake(&self) {
+        if let Some(t) = self.writer.get() {
+            t.unpark();
+        }
+    }
+
+    /// Swaps the buffered lines into `spare` (emptied before) and writes them; returns how
+    /// many bytes were written.
+    fn drain(&self, spare: &mut Vec<u8>, out: &mut impl Write) -> usize {
+        spare.clear();
+        std::mem::swap(&mut *self.buf.lock(), spare);
+        let n = spare.len();
+        if n > 0 {
+            // A failed write (stderr closed) loses these lines; the bound still holds.
+            let _ = out.write_all(spare);
+            let _ = out.flush();
+            self.queued.fetch_sub(n, Ordering::AcqRel);
+        }
+        n
     }
 }
 
+static SINK: OnceLock<Sink> = OnceLock::new();
+
 fn sink() -> &'static Sink {
-    static SINK: OnceLock<Sink> = OnceLock::new();
     SINK.get_or_init(|| {
-        let (tx, rx) = mpsc::channel();
+        let sink = Sink::new(&QUEUED);
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || writer(rx, &QUEUED, std::io::stderr()));
-        if spawned.is_err() {
-            tracing::error!("cannot start the access log writer; access lines are dropped");
+            .spawn(|| writer(sink_ref(), std::io::stderr()));
+        match spawned {
+            Ok(handle) => {
+                let _ = sink.writer.set(handle.thread().clone());
+            }
+            Err(_) => {
+                tracing::error!("cannot start the access log writer; access lines are dropped")
+            }
         }
-        Sink {
-            tx,
-            queued: &QUEUED,
-        }
+        sink
     })
 }
 
-/// Writes queued lines in batches: everything waiting is written with one `write(2)`.
-fn writer(rx: Receiver<Vec<u8>>, queued: &AtomicUsize, out: impl Write) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(first) = rx.recv() {
-        let mut n = first.len();
-        let _ = out.write_all(&first);
-        while let Ok(more) = rx.try_recv() {
-            n += more.len();
-            let _ = out.write_all(&more);
-        }
-        let _ = out.flush();
-        queued.fetch_sub(n, Ordering::AcqRel);
+/// The sink once it exists (the writer thread starts inside `sink()`'s initialisation, so it
+/// waits for it here).
+fn sink_ref() -> &'static Sink {
+    sink()
+}
+
+/// Writes the buffered lines in batches, one `write(2)` per round.
+fn writer(sink: &'static Sink, out: impl Write) {
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
+    let mut spare = Vec::with_capacity(64 << 10);
+    loop {
+        let wrote = sink.drain(&mut spare, &mut out);
+        std::thread::park_timeout(if wrote > 0 { BUSY_ROUND } else { IDLE_ROUND });
     }
 }
 
@@ -153,6 +216,9 @@ fn writer(rx: Receiver<Vec<u8>>, queued: &AtomicUsize, out: impl Write) {
 pub(crate) fn flush(max: Duration) {
     let until = std::time::Instant::now() + max;
     while QUEUED.load(Ordering::Acquire) > 0 && std::time::Instant::now() < until {
+        if let Some(s) = SINK.get() {
+            s.wake();
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -219,17 +285,23 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_growing() {
-        let (tx, rx) = mpsc::channel();
         static Q: AtomicUsize = AtomicUsize::new(0);
-        let sink = Sink { tx, queued: &Q };
+        let sink = Sink::new(&Q);
         let before = DROPPED.get();
         let line = vec![b'x'; 1024];
-        // Nobody drains `rx`: the queue fills to its bound, then every line is dropped.
+        // No writer drains it: the buffer fills to its bound, then every line is dropped.
         for _ in 0..(MAX_QUEUED_BYTES / 1024 + 100) {
-            sink.send(line.clone());
+            sink.push(&line);
         }
         assert!(Q.load(Ordering::Acquire) <= MAX_QUEUED_BYTES);
+        assert!(sink.buf.lock().len() <= MAX_QUEUED_BYTES);
         assert!(DROPPED.get() - before >= 100);
-        drop(rx);
+        // A writer round empties it and gives the bytes back.
+        let mut out = Vec::new();
+        let wrote = sink.drain(&mut Vec::new(), &mut out);
+        assert_eq!(wrote, out.len());
+        assert_eq!(Q.load(Ordering::Acquire), 0);
+        sink.push(&line);
+        assert_eq!(sink.buf.lock().len(), 1024, "accepting lines again");
     }
 }

@@ -449,6 +449,25 @@ async fn wait_subscribed(redis: &Redis, prefix: &str, n: i64) {
     panic!("replicas did not subscribe to purges");
 }
 
+/// Waits until replica `g` holds answers of exactly `accounts`; panics after `within`.
+async fn holds_only_within(g: &Harness, accounts: &[&str], within: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let v = g.admin_json("/admin/cache").await;
+        let held: Vec<&str> = v["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a["account"].as_str())
+            .collect();
+        if held == accounts {
+            return;
+        }
+        assert!(started.elapsed() < within, "{v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until replica `g` holds no answer; panics after `within`.
 async fn emptied_within(g: &Harness, within: Duration) -> Duration {
     let started = std::time::Instant::now();
@@ -533,21 +552,7 @@ async fn a_purge_on_one_replica_reaches_the_others_within_a_second() {
     // One account: only its copies go, on the other replica too.
     let v = purge(&g1, "?account=A").await;
     assert_eq!(v["replicas"], "notified", "{v}");
-    let started = std::time::Instant::now();
-    loop {
-        let v = g2.admin_json("/admin/cache").await;
-        let accounts: Vec<&str> = v["accounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|a| a["account"].as_str())
-            .collect();
-        if accounts == ["B"] {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(1), "{v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    holds_only_within(&g2, &["B"], Duration::from_secs(1)).await;
     assert_eq!(header(&g2.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
     assert_eq!(up.calls(), 3);
 
@@ -923,21 +928,7 @@ async fn a_reload_that_changes_an_accounts_key_empties_that_account_everywhere()
     );
     g1.gw.set_embedded_text(rotated);
     assert_eq!(g1.reload().await.status(), 200);
-    let started = std::time::Instant::now();
-    loop {
-        let v = g2.admin_json("/admin/cache").await;
-        let accounts: Vec<&str> = v["accounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|a| a["account"].as_str())
-            .collect();
-        if accounts == ["B"] {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(1), "{v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    holds_only_within(&g2, &["B"], Duration::from_secs(1)).await;
     g1.stop().await;
     g2.stop().await;
 }
