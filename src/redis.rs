@@ -446,9 +446,14 @@ impl Redis {
         }
     }
 
+    /// The Redis key of an account's shared pause (its TTL is the time left).
+    fn pause_key(&self, account_tag: &str) -> String {
+        format!("{}p:{account_tag}", self.prefix)
+    }
+
     /// Pauses `account_tag` on every replica for `pause` (Gcore answered 429).
     pub(crate) async fn pause(&self, account_tag: &str, pause: Duration) {
-        let k = format!("{}p:{account_tag}", self.prefix);
+        let k = self.pause_key(account_tag);
         let px = pause.min(MAX_SHARED_PAUSE).as_millis().max(1) as u64;
         let _: Option<()> = self
             .call("pause", |mut c| async move {
@@ -466,7 +471,7 @@ impl Redis {
     /// How long `account_tag` is still paused by any replica (`None`: it is not, or Redis is
     /// unavailable). The time left comes from the Redis server's clock.
     pub(crate) async fn paused_for(&self, account_tag: &str) -> Option<Duration> {
-        let k = format!("{}p:{account_tag}", self.prefix);
+        let k = self.pause_key(account_tag);
         let ms: i64 = self
             .call("pause_check", |mut c| async move {
                 redis::cmd("PTTL").arg(k).query_async(&mut c).await

@@ -174,15 +174,7 @@ impl Validator<'_> {
             }
             other => return Err(self.err(key, format!("unsupported scheme {other:?}"))),
         }
-        if url.host_str().is_none() {
-            return Err(self.err(key, "has no host"));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(self.err(key, "must not carry credentials"));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(self.err(key, "must not have a query or fragment"));
-        }
+        self.bare_url(key, &url)?;
         let max_body = self.size("upstream.max_body", &u.max_body)?;
         if max_body == 0 {
             return Err(self.err("upstream.max_body", "must be greater than zero"));
@@ -257,15 +249,7 @@ impl Validator<'_> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(self.err(key, "must be an http:// or https:// URL (OTLP over HTTP)"));
         }
-        if url.host_str().is_none() {
-            return Err(self.err(key, "has no host"));
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(self.err(key, "must not carry credentials"));
-        }
-        if url.query().is_some() || url.fragment().is_some() {
-            return Err(self.err(key, "must not have a query or fragment"));
-        }
+        self.bare_url(key, &url)?;
         // The base URL of OTLP/HTTP, as OTEL_EXPORTER_OTLP_ENDPOINT: the signal path is added.
         let traces_url = if url.path().ends_with("/v1/traces") {
             url.as_str().to_string()
@@ -288,6 +272,21 @@ impl Validator<'_> {
             stale_if_error: self.dur("cache.stale_if_error", &c.stale_if_error)?,
             max_size: self.size("cache.max_size", &c.max_size)?,
         })
+    }
+
+    /// A URL that is only scheme, host, port and path: a host, no credentials (they would be
+    /// printed by `check` and logs), no query or fragment.
+    fn bare_url(&self, key: &str, url: &reqwest::Url) -> Result<(), ConfigError> {
+        if url.host_str().is_none() {
+            return Err(self.err(key, "has no host"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(self.err(key, "must not carry credentials"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(self.err(key, "must not have a query or fragment"));
+        }
+        Ok(())
     }
 
     pub(super) fn redis(

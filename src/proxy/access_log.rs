@@ -180,26 +180,21 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 
 fn sink() -> &'static Sink {
     SINK.get_or_init(|| {
-        let sink = Sink::new(&QUEUED);
+        let new = Sink::new(&QUEUED);
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(|| writer(sink_ref(), std::io::stderr()));
+            // `sink()` in the thread waits for this initialisation to finish.
+            .spawn(|| writer(sink(), std::io::stderr()));
         match spawned {
             Ok(handle) => {
-                let _ = sink.writer.set(handle.thread().clone());
+                let _ = new.writer.set(handle.thread().clone());
             }
             Err(_) => {
                 tracing::error!("cannot start the access log writer; access lines are dropped")
             }
         }
-        sink
+        new
     })
-}
-
-/// The sink once it exists (the writer thread starts inside `sink()`'s initialisation, so it
-/// waits for it here).
-fn sink_ref() -> &'static Sink {
-    sink()
 }
 
 /// Writes the buffered lines in batches, one `write(2)` per round.

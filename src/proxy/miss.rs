@@ -9,10 +9,10 @@
 //!
 //! Each new answer is checked once against its route's baseline (`drift`): an upstream answer
 //! with new fields is reported (one WARN per path per process, the counter, `/admin/schema`);
-//! a copy from another replica is checked but not reported again (its fetcher did).
-//! stored: the previous good copy stays (a failed refresh never evicts). With tracing, a fill
-//! is a span (child of the request that started it) with one child per upstream attempt; the
-//! fill lock in Redis carries its `traceparent` so another replica's waiting fill links to it.
+//! a copy from another replica is checked but not reported again (its fetcher did). With
+//! tracing, a fill is a span (child of the request that started it) with one child per
+//! upstream attempt; the fill lock in Redis carries its `traceparent` so another replica's
+//! waiting fill links to it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -359,9 +359,7 @@ impl Miss {
             }
         }
     }
-}
 
-impl Miss {
     /// The body's fields outside the route's baseline (`None`: none, or no baseline).
     fn new_fields(&self, body: &[u8]) -> Option<NewFields> {
         self.route.baseline.as_ref()?.shape.check(body)

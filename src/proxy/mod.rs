@@ -188,7 +188,6 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
         .cache
         .lookup(&key, now, route.ttl, generation.stale)
         .await;
-    let parent = ctx.trace.as_ref().map(|s| s.context().clone());
     let miss = || Miss {
         gw: ctx.gw.clone(),
         generation: generation.clone(),
@@ -197,7 +196,8 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
         route: route.clone(),
         deadline: now + config.server.request_timeout,
         caused: state.calls_caused.clone(),
-        parent: parent.clone(),
+        // Only a miss needs the span's context (a hit never clones it).
+        parent: ctx.trace.as_ref().map(|s| s.context().clone()),
     };
     // `joined`: this request waited for a fetch another request started.
     let (entry, status, joined) = match lookup {
@@ -254,7 +254,7 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
             if let Origin::Upstream(took) = entry.origin {
                 ctx.upstream = Some(took);
             }
-            joined || matches!(entry.origin, Origin::Replica)
+            joined
         }
         CacheStatus::Hit | CacheStatus::SharedHit => {
             state.usage.hits.fetch_add(1, Ordering::Relaxed);

@@ -85,6 +85,19 @@ pub(crate) fn shared_config(up: &FakeUpstream, redis: &Redis, extra: &str) -> St
     )
 }
 
+/// `N` replicas of `cfg`, each connected to its Redis.
+async fn replicas<const N: usize>(cfg: &str) -> [Harness; N] {
+    let mut started = Vec::with_capacity(N);
+    for _ in 0..N {
+        started.push(Harness::start(cfg).await);
+    }
+    wait_redis_up(&started.iter().collect::<Vec<_>>()).await;
+    match started.try_into() {
+        Ok(all) => all,
+        Err(_) => unreachable!("N replicas were started"),
+    }
+}
+
 pub(crate) async fn wait_redis_up(gws: &[&Harness]) {
     for _ in 0..300 {
         if gws.iter().all(|g| g.gw.redis_up() == Some(true)) {
@@ -101,12 +114,7 @@ async fn three_replicas_300_cold_requests_one_upstream_call() {
     let up = FakeUpstream::start().await;
     up.set_delay(Duration::from_millis(300));
     let cfg = shared_config(&up, &redis, "");
-    let gws = [
-        Harness::start(&cfg).await,
-        Harness::start(&cfg).await,
-        Harness::start(&cfg).await,
-    ];
-    wait_redis_up(&gws.iter().collect::<Vec<_>>()).await;
+    let gws: [Harness; 3] = replicas(&cfg).await;
     let refs: Vec<&Harness> = gws.iter().collect();
     for a in concurrent_gets(&refs, ME, KEY_ALPHA, 300).await {
         assert_eq!(a.status, 200);
@@ -140,12 +148,7 @@ async fn a_burst_of_10_holds_across_three_replicas() {
         "name = \"alpha\"\nkeys",
         "name = \"alpha\"\nrate = \"1/m\"\nburst = 10\nkeys",
     );
-    let gws = [
-        Harness::start(&cfg).await,
-        Harness::start(&cfg).await,
-        Harness::start(&cfg).await,
-    ];
-    wait_redis_up(&gws.iter().collect::<Vec<_>>()).await;
+    let gws: [Harness; 3] = replicas(&cfg).await;
     let refs: Vec<&Harness> = gws.iter().collect();
     let mut ok = 0;
     for a in concurrent_gets(&refs, ME, KEY_ALPHA, 45).await {
@@ -174,9 +177,7 @@ async fn redis_down_callers_still_served_then_shared_again() {
         "name = \"alpha\"\nkeys",
         "name = \"alpha\"\nrate = \"100/s\"\nkeys",
     );
-    let g1 = Harness::start(&cfg).await;
-    let g2 = Harness::start(&cfg).await;
-    wait_redis_up(&[&g1, &g2]).await;
+    let [g1, g2] = replicas(&cfg).await;
     assert_eq!(g1.get(ME, KEY_ALPHA).await.status(), 200);
     assert_eq!(up.calls(), 1);
     redis.stop();
@@ -310,9 +311,7 @@ async fn purge_empties_the_shared_cache_too() {
     let redis = Redis::start();
     let up = FakeUpstream::start().await;
     let cfg = shared_config(&up, &redis, "");
-    let g1 = Harness::start(&cfg).await;
-    let g2 = Harness::start(&cfg).await;
-    wait_redis_up(&[&g1, &g2]).await;
+    let [g1, g2] = replicas(&cfg).await;
     assert_eq!(header(&g1.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
     assert_eq!(header(&g1.get(ME, KEY_BETA).await, "x-cache"), "MISS");
     assert_eq!(up.calls(), 2);
@@ -486,9 +485,7 @@ async fn a_copy_from_another_replica_is_a_hit_with_the_original_age() {
     let redis = Redis::start();
     let up = FakeUpstream::start().await;
     let cfg = shared_config(&up, &redis, "");
-    let g1 = Harness::start(&cfg).await;
-    let g2 = Harness::start(&cfg).await;
-    wait_redis_up(&[&g1, &g2]).await;
+    let [g1, g2] = replicas(&cfg).await;
     assert_eq!(header(&g1.get(ME, KEY_ALPHA).await, "x-cache"), "MISS");
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     // Replica 2 made no upstream call: a HIT, aged from replica 1's fetch.
@@ -527,9 +524,7 @@ async fn a_purge_on_one_replica_reaches_the_others_within_a_second() {
     let mut redis = Redis::start();
     let up = FakeUpstream::start().await;
     let cfg = shared_config(&up, &redis, "");
-    let g1 = Harness::start(&cfg).await;
-    let g2 = Harness::start(&cfg).await;
-    wait_redis_up(&[&g1, &g2]).await;
+    let [g1, g2] = replicas(&cfg).await;
     let purge = |g: &Harness, query: &'static str| {
         let req = g
             .http
@@ -603,9 +598,7 @@ async fn a_429_on_one_replica_pauses_the_account_on_every_replica() {
     let redis = Redis::start();
     let up = FakeUpstream::start().await;
     let cfg = shared_config(&up, &redis, "");
-    let g1 = Harness::start(&cfg).await;
-    let g2 = Harness::start(&cfg).await;
-    wait_redis_up(&[&g1, &g2]).await;
+    let [g1, g2] = replicas(&cfg).await;
     up.set_mode(Mode::TooMany(30));
     let r = g1.get(ME, KEY_ALPHA).await;
     assert_eq!(r.status(), 503);
@@ -629,12 +622,7 @@ async fn the_upstream_budget_is_one_for_all_replicas() {
     let redis = Redis::start();
     let up = FakeUpstream::start().await;
     let cfg = shared_config(&up, &redis, "").edit("retries = 0", "retries = 0\nrate = \"2/m\"");
-    let gws = [
-        Harness::start(&cfg).await,
-        Harness::start(&cfg).await,
-        Harness::start(&cfg).await,
-    ];
-    wait_redis_up(&[&gws[0], &gws[1], &gws[2]]).await;
+    let gws: [Harness; 3] = replicas(&cfg).await;
     // Four different answers, one per replica in turn: only two upstream calls in a minute.
     let asks = [
         (ME, KEY_ALPHA),
@@ -798,9 +786,7 @@ async fn behind_sentinel_the_shared_limit_survives_a_failover() {
         "name = \"alpha\"\nrate = \"1/m\"\nburst = 4\nkeys",
     )
     .edit("name = \"beta\"\nkeys", "name = \"beta\"\nrate = \"1/m\"\nburst = 4\nkeys");
-    let g1 = Harness::start(&cfg).await;
-    let g2 = Harness::start(&cfg).await;
-    wait_redis_up(&[&g1, &g2]).await;
+    let [g1, g2] = replicas(&cfg).await;
     let allowed = |answers: Vec<Answer>| answers.iter().filter(|a| a.status == 200).count();
     let answers = concurrent_gets(&[&g1, &g2], ME, KEY_ALPHA, 12).await;
     let statuses: Vec<(u16, String)> = answers
@@ -914,9 +900,7 @@ async fn a_reload_that_changes_an_accounts_key_empties_that_account_everywhere()
     let redis = Redis::start();
     let up = FakeUpstream::start().await;
     let cfg = shared_config(&up, &redis, "");
-    let g1 = Harness::start(&cfg).await;
-    let g2 = Harness::start(&cfg).await;
-    wait_redis_up(&[&g1, &g2]).await;
+    let [g1, g2] = replicas(&cfg).await;
     wait_subscribed(&redis, "test:", 2).await;
     for g in [&g1, &g2] {
         assert_eq!(g.get(ME, KEY_ALPHA).await.status(), 200);
@@ -959,14 +943,7 @@ async fn the_redis_url_comes_from_env_or_file_and_is_never_logged() {
         wait_ready(&http, admin).await;
         let mut connected = false;
         for _ in 0..200 {
-            let m = http
-                .get(format!("http://127.0.0.1:{admin}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let m = admin_metrics(&http, admin).await;
             if m.lines().any(|l| l == "gateway_redis_up 1") {
                 connected = true;
                 break;

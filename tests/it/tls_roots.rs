@@ -155,14 +155,7 @@ async fn https_upstream(cert: &Path, key: &Path) -> (u16, Arc<AtomicUsize>) {
 async fn redis_up(http: &reqwest::Client, admin: u16, within: Duration) -> bool {
     let until = tokio::time::Instant::now() + within;
     loop {
-        let m = http
-            .get(format!("http://127.0.0.1:{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = admin_metrics(http, admin).await;
         if m.lines().any(|l| l == "gateway_redis_up 1") {
             return true;
         }

@@ -593,14 +593,7 @@ async fn a_stalled_collector_drops_and_counts_instead_of_growing() {
     burst(4800).await;
     let took = started.elapsed();
     let rss_after = bin.rss_kib();
-    let metrics = http
-        .get(format!("http://127.0.0.1:{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(&http, admin).await;
     let full = metrics
         .lines()
         .find(|l| l.starts_with("gateway_trace_spans_dropped_total{reason=\"queue_full\"}"))

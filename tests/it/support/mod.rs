@@ -474,6 +474,17 @@ pub fn on_free_ports(text: &str) -> (String, u16, u16) {
 }
 
 /// Waits until a gateway (binary) answers 200 on its admin `/readyz`.
+/// The `/metrics` text of the admin port `admin` (of a binary under test).
+pub async fn admin_metrics(http: &reqwest::Client, admin: u16) -> String {
+    http.get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 pub async fn wait_ready(http: &reqwest::Client, admin_port: u16) {
     for _ in 0..200 {
         if http
