@@ -24,6 +24,10 @@
 #   TLS_KEY=ec     the scenario 6 certificate's key: ec (ECDSA P-256) or rsa (RSA 2048)
 #   ACCESS_LOG=0   1 adds "gateway-accesslog": a second gateway with its JSON access log on
 #   PROFILE=0      1 records a perf profile of the gateway's hit path (needs perf)
+#   SYSTEMS=       only these systems in the scenario 1+2 rounds (e.g. "bare-hyper gateway")
+#   BASELINE_BIN=  another gcore-gateway binary (say, a build of an older commit) run beside
+#                  this one in scenarios 1+2 as "gateway-baseline" (and, with ACCESS_LOG=1,
+#                  "gateway-baseline-accesslog"), same config: before/after in one run
 #   BUILD=1  INSTALL=1  BASE_PORT=18400  OUT=target/bench/<date> (results, configs, logs)
 #
 # Needs: a Rust toolchain, python3, curl; nginx, varnish, wrk and (scenario 6) openssl are
@@ -51,10 +55,13 @@ S5_ACCOUNTS=${S5_ACCOUNTS:-10000}
 TLS_KEY=${TLS_KEY:-ec}
 ACCESS_LOG=${ACCESS_LOG:-0}
 PROFILE=${PROFILE:-0}
+BASELINE_BIN=${BASELINE_BIN:-}
 BUILD=${BUILD:-1}
 INSTALL=${INSTALL:-1}
 BASE_PORT=${BASE_PORT:-18400}
 OUT=${OUT:-${CARGO_TARGET_DIR:-$ROOT/target}/bench/$(date +%Y%m%d-%H%M%S)}
+# Absolute: nginx and varnish resolve their paths against their own prefix.
+[[ $OUT == /* ]] || OUT=$ROOT/$OUT
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 UPSTREAM_KEY=bench-upstream-key-not-a-secret
@@ -76,6 +83,8 @@ P_S5_GW=$((BASE_PORT + 20))
 P_S5_NGINX=$((BASE_PORT + 22))
 P_TLS_GW=$((BASE_PORT + 24))
 P_TLS_NGINX=$((BASE_PORT + 26))
+P_GW_BASE=$((BASE_PORT + 28))
+P_GW_BASE_LOG=$((BASE_PORT + 30))
 HAVE_NGINX=1 # 0 when nginx could not be installed: its systems are skipped
 
 has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
@@ -324,7 +333,7 @@ write_bench_clients() {
 start_gateway() {
 	local name=$1 port=$2 conf=$3 filter=${4:-"info,gcore_gateway::access=off"}
 	start "$name" env BENCH_UPSTREAM_KEY="$UPSTREAM_KEY" RUST_LOG="$filter" \
-		"$GW_BIN" serve --config "$conf" --log-format json
+		"${BIN:-$GW_BIN}" serve --config "$conf" --log-format json
 	wait_port "$port" "$name"
 }
 
@@ -419,6 +428,16 @@ hit_systems() {
 		start_gateway gateway-accesslog "$P_GW_LOG" "$(gateway_config gateway-accesslog "$P_GW_LOG" "$HIT_TTL" 30s "$OUT/conf/accounts.toml" "$OUT/conf/clients.toml")" info
 		SYS_PORT[gateway-accesslog]=$P_GW_LOG SYS_KEY[gateway-accesslog]=$KEY_PLAIN SYS_PID[gateway-accesslog]=$LAST_PID
 	fi
+	if [[ -n $BASELINE_BIN ]]; then
+		[[ -x $BASELINE_BIN ]] || die "BASELINE_BIN $BASELINE_BIN is not an executable"
+		BIN=$BASELINE_BIN start_gateway gateway-baseline "$P_GW_BASE" "$(gateway_config gateway-baseline "$P_GW_BASE" "$HIT_TTL" 30s "$OUT/conf/accounts.toml" "$OUT/conf/clients.toml")"
+		SYS_PORT[gateway-baseline]=$P_GW_BASE SYS_KEY[gateway-baseline]=$KEY_PLAIN SYS_PID[gateway-baseline]=$LAST_PID
+		if [[ $ACCESS_LOG == 1 ]]; then
+			BIN=$BASELINE_BIN start_gateway gateway-baseline-accesslog "$P_GW_BASE_LOG" "$(gateway_config gateway-baseline-accesslog "$P_GW_BASE_LOG" "$HIT_TTL" 30s "$OUT/conf/accounts.toml" "$OUT/conf/clients.toml")" info
+			SYS_PORT[gateway-baseline-accesslog]=$P_GW_BASE_LOG SYS_KEY[gateway-baseline-accesslog]=$KEY_PLAIN SYS_PID[gateway-baseline-accesslog]=$LAST_PID
+		fi
+		echo "baseline: $BASELINE_BIN ($(sha256sum "$BASELINE_BIN" | cut -c1-12))" >>"$OUT/meta.txt"
+	fi
 	if ((HAVE_NGINX)); then
 		start_nginx nginx-1w "$P_NGINX1" 1 "$HIT_TTL" "$OUT/conf/clients.map"
 		SYS_PORT[nginx-1w]=$P_NGINX1 SYS_KEY[nginx-1w]=$KEY_PLAIN SYS_PID[nginx-1w]=$LAST_PID
@@ -448,9 +467,18 @@ scenario_hits() {
 	local systems=(bare-hyper gateway) s r
 	has 2 && systems+=(gateway-minimal)
 	[[ $ACCESS_LOG == 1 ]] && systems+=(gateway-accesslog)
+	if [[ -n $BASELINE_BIN ]]; then
+		systems+=(gateway-baseline)
+		[[ $ACCESS_LOG == 1 ]] && systems+=(gateway-baseline-accesslog)
+	fi
 	if has 1; then
 		((HAVE_NGINX)) && systems+=(nginx-1w nginx-2w)
 		systems+=(varnish)
+	fi
+	if [[ -n ${SYSTEMS:-} ]]; then
+		local keep=()
+		for s in "${systems[@]}"; do [[ " $SYSTEMS " == *" $s "* ]] && keep+=("$s"); done
+		systems=("${keep[@]}")
 	fi
 	log "scenarios 1+2: hits, ${systems[*]}"
 	local before

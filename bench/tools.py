@@ -303,13 +303,14 @@ def report(out):
     rss_rows = read_tsv(out / "rss.tsv")  # scenario, system, when, hwm_kib, rss_kib
     rss_by = {(r[0], r[1], r[2]): r for r in rss_rows}
     medians = {}
+    cpu_eff = {}  # requests per CPU-second of the system's processes
     for scen, systems in groups.items():
         lines.append(f"### {scen}: wrk, {len(next(iter(systems.values())))} interleaved rounds")
         lines.append("")
         lines.append(
-            "| system | median req/s | rounds req/s | p50 ms | p99 ms | CPU µs/req | peak RSS MiB | RSS now MiB | errors |"
+            "| system | median req/s | rounds req/s | p50 ms | p99 ms | CPU µs/req | req per CPU-s | peak RSS MiB | RSS now MiB | errors |"
         )
-        lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+        lines.append("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
         for system, runs in systems.items():
             rps = [r["rps"] for r in runs if r["rps"] is not None]
             med = statistics.median(rps) if rps else None
@@ -319,9 +320,11 @@ def report(out):
             errs = sum(r["non2xx"] + r["socket_errors"] for r in runs)
             cpus = [r["cpu_us"] for r in runs if r["cpu_us"] is not None]
             cpu_us = statistics.median(cpus) if cpus else None
+            per_cpu_s = 1e6 / cpu_us if cpu_us else None
+            cpu_eff[(scen, system)] = per_cpu_s
             r = rss_by.get((scen, system, "after"))
             lines.append(
-                f"| {system} | {fmt(med, 0)} | {' / '.join(f'{x:.0f}' for x in rps)} | {p50:.3f} | {p99:.3f} | {fmt(cpu_us, 1)} "
+                f"| {system} | {fmt(med, 0)} | {' / '.join(f'{x:.0f}' for x in rps)} | {p50:.3f} | {p99:.3f} | {fmt(cpu_us, 1)} | {fmt(per_cpu_s, 0)} "
                 f"| {mib(r[3]) if r else '–'} | {mib(r[4]) if r else '–'} | {errs} |"
             )
         lines.append("")
@@ -352,8 +355,22 @@ def report(out):
             ratios.append(
                 f"nginx-2w-tls / nginx-2w = {medians[(scen, 'nginx-2w-tls')] / medians[(scen, 'nginx-2w')]:.3f}"
             )
+        for base in ("gateway-baseline", "gateway-baseline-accesslog"):
+            new = base.replace("-baseline", "")
+            if medians.get((scen, base)) and medians.get((scen, new)):
+                ratios.append(f"{new} / {base} = {medians[(scen, new)] / medians[(scen, base)]:.3f}")
         if ratios:
             lines += ["Ratios (same run, medians): " + "; ".join(ratios) + ".", ""]
+        eff = []
+        g = cpu_eff.get((scen, "gateway"))
+        for other in ("bare-hyper", "nginx-1w", "nginx-2w", "gateway-baseline"):
+            if g and cpu_eff.get((scen, other)):
+                eff.append(f"gateway / {other} = {g / cpu_eff[(scen, other)]:.2f}")
+        for a, b in (("gateway-minimal", "gateway"), ("gateway-accesslog", "gateway")):
+            if cpu_eff.get((scen, a)) and cpu_eff.get((scen, b)):
+                eff.append(f"{a} / {b} = {cpu_eff[(scen, a)] / cpu_eff[(scen, b)]:.3f}")
+        if eff:
+            lines += ["Requests per CPU-second, ratios: " + "; ".join(eff) + ".", ""]
 
     if rss_rows:
         lines.append("### Memory (VmHWM = peak RSS, VmRSS = RSS at that moment; summed over a system's processes)")

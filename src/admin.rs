@@ -82,7 +82,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
-    gw.cache.sync().await;
+    gw.cache.sync();
     gw.metrics.cache_entries.set(gw.cache.entry_count() as i64);
     gw.metrics.cache_bytes.set(gw.cache.weighted_size() as i64);
     (
@@ -109,10 +109,10 @@ async fn purge(State(gw): State<Arc<Gateway>>, Query(q): Query<PurgeQuery>) -> R
         },
         None => None,
     };
-    gw.cache.sync().await;
+    gw.cache.sync();
     let before = gw.cache.entry_count();
     gw.cache.purge(q.account.as_deref());
-    gw.cache.sync().await;
+    gw.cache.sync();
     let purged = before.saturating_sub(gw.cache.entry_count());
     // The shared L2 too, or the next miss would refill from it; then every other replica
     // drops its own copies (announced through Redis).
@@ -246,7 +246,7 @@ async fn schema(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 async fn cache(State(gw): State<Arc<Gateway>>) -> Response {
-    gw.cache.sync().await;
+    gw.cache.sync();
     let now = Instant::now();
     let mut by_account: std::collections::BTreeMap<String, Vec<serde_json::Value>> =
         Default::default();

@@ -17,8 +17,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use moka::future::Cache;
 use moka::ops::compute::Op;
+use moka::sync::Cache;
 use tokio::time::Instant;
 
 use entry::Freshness;
@@ -132,14 +132,17 @@ where
     }
 
     /// What the store has for `key` at `now`, for a route with `ttl` and the `stale` windows.
-    pub async fn lookup(
+    ///
+    /// Synchronous: moka's reads are lock-free and never wait, so a hit is decided without a
+    /// future, and the request's own future stays small.
+    pub fn lookup(
         &self,
         key: &CacheKey,
         now: Instant,
         ttl: Duration,
         stale: StaleWindows,
     ) -> Lookup {
-        let Some(e) = self.entries.get(key).await else {
+        let Some(e) = self.entries.get(key) else {
             return Lookup::Miss { stale: None };
         };
         match e.freshness(now, ttl, stale) {
@@ -169,13 +172,13 @@ where
         self.flights.join_or_start(key, move || {
             let (note, fetch) = start();
             let fill = async move {
-                if let Some(e) = entries.get(&k).await {
+                if let Some(e) = entries.get(&k) {
                     if e.age(Instant::now()) < ttl {
                         return Ok(e);
                     }
                 }
                 let e = fetch.await?;
-                insert_if_newer(&entries, k, e.clone()).await;
+                insert_if_newer(&entries, k, e.clone());
                 Ok(e)
             };
             (note, fill)
@@ -183,13 +186,13 @@ where
     }
 
     /// Stores `entry` for `key` unless the store holds a newer fetch (never older over newer).
-    pub async fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
-        insert_if_newer(&self.entries, key, entry).await;
+    pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
+        insert_if_newer(&self.entries, key, entry);
     }
 
     /// The entry for `key` whatever its age (admin, tests).
-    pub async fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        self.entries.get(key).await
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        self.entries.get(key)
     }
 
     /// Drops every entry, or only those of the account named `account`.
@@ -227,8 +230,8 @@ where
     }
 
     /// Runs moka's pending maintenance so counts are exact (admin and tests).
-    pub async fn sync(&self) {
-        self.entries.run_pending_tasks().await;
+    pub fn sync(&self) {
+        self.entries.run_pending_tasks();
     }
 
     /// A snapshot of all entries (admin listing; never bodies).
@@ -237,17 +240,11 @@ where
     }
 }
 
-async fn insert_if_newer(entries: &Cache<CacheKey, Arc<Entry>>, key: CacheKey, new: Arc<Entry>) {
-    entries
-        .entry(key)
-        .and_compute_with(|old| {
-            let op = match old {
-                Some(old) if old.value().fetched_at > new.fetched_at => Op::Nop,
-                _ => Op::Put(new),
-            };
-            std::future::ready(op)
-        })
-        .await;
+fn insert_if_newer(entries: &Cache<CacheKey, Arc<Entry>>, key: CacheKey, new: Arc<Entry>) {
+    entries.entry(key).and_compute_with(|old| match old {
+        Some(old) if old.value().fetched_at > new.fetched_at => Op::Nop,
+        _ => Op::Put(new),
+    });
 }
 
 #[cfg(test)]
@@ -279,11 +276,9 @@ mod tests {
         let key = CacheKey::new("A".into(), 1, "/r".into(), None);
         let old = Instant::now();
         tokio::time::advance(Duration::from_secs(5)).await;
-        store
-            .insert(key.clone(), entry(Instant::now(), b"{\"v\":2}"))
-            .await;
-        store.insert(key.clone(), entry(old, b"{\"v\":1}")).await;
-        let got = store.get(&key).await.unwrap();
+        store.insert(key.clone(), entry(Instant::now(), b"{\"v\":2}"));
+        store.insert(key.clone(), entry(old, b"{\"v\":1}"));
+        let got = store.get(&key).unwrap();
         assert_eq!(&got.raw.body[..], b"{\"v\":2}");
     }
 }

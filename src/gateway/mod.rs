@@ -188,7 +188,7 @@ impl Gateway {
             return false;
         };
         let key = crate::cache::CacheKey::new(a.name.clone(), a.key_fp, route.into(), None);
-        self.cache.insert(key, entry).await;
+        self.cache.insert(key, entry);
         true
     }
 

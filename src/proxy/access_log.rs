@@ -2,20 +2,26 @@
 //! metrics recorded with it.
 //!
 //! Lines are encoded here, by hand, into a per-thread scratch buffer (no tracing formatter or
-//! field visitor, no allocation on the hot path) and appended to one shared buffer, which a
-//! writer thread swaps out and writes to stderr in batches every few milliseconds: a request
-//! never makes a system call or wakes a thread for its line (the writer is woken only when the
-//! buffer passes [`WAKE_AT`]). The buffer is bounded in bytes ([`MAX_QUEUED_BYTES`]): when the
-//! sink is slower than the traffic, lines are dropped and counted (`gateway_log_dropped_total`)
-//! instead of growing memory or slowing requests. Only values from a closed set or the config
+//! field visitor, no allocation on the hot path; the timestamp's date and time are formatted
+//! once per second and thread) and appended to that thread's own queue ([`Shard`]), which a
+//! writer thread swaps out and writes to stderr in batches every few milliseconds. A request
+//! never makes a system call, wakes a thread or writes a cache line another core is using for
+//! its line: each serving thread has its own queue and lock, which only the writer touches
+//! besides it, once a round (the writer is woken early only when a queue passes [`WAKE_AT`]).
+//! Each queue is bounded in bytes ([`MAX_QUEUED_BYTES`]): when the sink is slower than the
+//! traffic, lines are dropped and counted (`gateway_log_dropped_total`) instead of growing
+//! memory or slowing requests. Lines of one thread keep their order; lines of different
+//! threads are interleaved a batch (a few milliseconds) at a time, so timestamps are ordered
+//! within a thread's batch, not across threads. Only values from a closed set or the config
 //! reach a line: the method is a standard one or `OTHER`, names are config names, the request
 //! id is checked.
 //! Whether lines are written at all follows the tracing filter (`RUST_LOG`) for the target.
 
 use std::cell::RefCell;
 use std::io::Write;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
@@ -24,12 +30,14 @@ use parking_lot::Mutex;
 #[cfg(test)]
 const TARGET: &str = "gcore_gateway::access";
 
-/// Bytes of encoded lines that may wait for the writer; beyond it, lines are dropped. 4 MiB
-/// is about 20,000 lines: seconds of full-speed traffic for a stalled sink.
+/// Bytes of encoded lines that may wait for the writer in one thread's queue; beyond it, that
+/// thread's lines are dropped. 4 MiB is about 20,000 lines: seconds of full-speed traffic for
+/// a stalled sink. The total is bounded by this times the threads that serve requests (the
+/// runtime's workers).
 pub(crate) const MAX_QUEUED_BYTES: usize = 4 << 20;
 
-/// Buffered bytes at which a request wakes the writer instead of letting it find them on its
-/// next round.
+/// Bytes in one queue at which a request wakes the writer instead of letting it find them on
+/// its next round.
 const WAKE_AT: usize = 256 << 10;
 /// How long the writer sleeps between rounds while lines keep coming, and when idle.
 const BUSY_ROUND: Duration = Duration::from_millis(5);
@@ -43,7 +51,7 @@ pub(crate) struct Line<'a> {
     pub(crate) request_id: &'a str,
     pub(crate) client: &'a str,
     pub(crate) key: Option<&'a str>,
-    pub(crate) client_ip: std::net::IpAddr,
+    pub(crate) client_ip: IpAddr,
     pub(crate) route: &'a str,
     pub(crate) method: &'static str,
     pub(crate) status: u16,
@@ -59,29 +67,105 @@ pub(crate) fn enabled() -> bool {
     tracing::enabled!(target: "gcore_gateway::access", tracing::Level::INFO)
 }
 
+/// One thread's encoding state: the scratch buffer, the last second's formatted date and
+/// time, the last client address's text, and the thread's queue.
+struct Local {
+    scratch: Vec<u8>,
+    clock: SecondsText,
+    ip: IpText,
+    shard: Option<Arc<Shard>>,
+}
+
 /// Encodes `line` and queues it for the writer (or drops and counts it when the queue is full).
 pub(crate) fn write(line: &Line<'_>) {
     thread_local! {
-        static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+        static LOCAL: RefCell<Local> = RefCell::new(Local {
+            scratch: Vec::with_capacity(512),
+            clock: SecondsText::default(),
+            ip: IpText::default(),
+            shard: None,
+        });
     }
-    SCRATCH.with(|scratch| {
+    LOCAL.with(|local| {
         // Never re-entered (encoding calls nothing that logs); if it were, the line is dropped.
-        let Ok(mut buf) = scratch.try_borrow_mut() else {
+        let Ok(mut local) = local.try_borrow_mut() else {
             DROPPED.inc();
             return;
         };
-        buf.clear();
-        encode(&mut buf, line, SystemTime::now());
-        sink().push(&buf);
+        let Local {
+            scratch,
+            clock,
+            ip,
+            shard,
+        } = &mut *local;
+        scratch.clear();
+        encode(scratch, line, SystemTime::now(), clock, ip);
+        let shard = shard.get_or_insert_with(|| sink().register());
+        if shard.push(scratch) {
+            sink().wake();
+        }
     });
 }
 
-fn encode(buf: &mut Vec<u8>, l: &Line<'_>, now: SystemTime) {
+/// `YYYY-MM-DDTHH:MM:SS` of one Unix second, formatted when the second changes.
+#[derive(Default)]
+struct SecondsText {
+    secs: Option<u64>,
+    text: Vec<u8>,
+}
+
+impl SecondsText {
+    fn of(&mut self, secs: u64) -> &[u8] {
+        if self.secs != Some(secs) {
+            self.text.clear();
+            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+            // "YYYY-MM-DDTHH:MM:SSZ" without its "Z".
+            let _ = write!(self.text, "{}", humantime::format_rfc3339_seconds(at));
+            self.text.pop();
+            self.secs = Some(secs);
+        }
+        &self.text
+    }
+}
+
+/// The text of the last client address seen on this thread (callers repeat).
+#[derive(Default)]
+struct IpText {
+    ip: Option<IpAddr>,
+    text: Vec<u8>,
+}
+
+impl IpText {
+    fn of(&mut self, ip: IpAddr) -> &[u8] {
+        if self.ip != Some(ip) {
+            self.text.clear();
+            let _ = write!(self.text, "{ip}");
+            self.ip = Some(ip);
+        }
+        &self.text
+    }
+}
+
+fn encode(
+    buf: &mut Vec<u8>,
+    l: &Line<'_>,
+    now: SystemTime,
+    clock: &mut SecondsText,
+    ip: &mut IpText,
+) {
     let mut num = itoa::Buffer::new();
     buf.extend_from_slice(b"{\"timestamp\":\"");
     // RFC 3339 with microseconds, as the tracing JSON formatter writes it.
-    let _ = write!(buf, "{}", humantime::format_rfc3339_micros(now));
-    buf.extend_from_slice(b"\",\"level\":\"INFO\",\"target\":\"gcore_gateway::access\"");
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    buf.extend_from_slice(clock.of(since.as_secs()));
+    let micros = since.subsec_micros();
+    buf.push(b'.');
+    let digits = num.format(micros).as_bytes();
+    buf.extend(std::iter::repeat_n(b'0', 6 - digits.len()));
+    buf.extend_from_slice(digits);
+    buf.extend_from_slice(b"Z\",\"level\":\"INFO\",\"target\":\"gcore_gateway::access\"");
     buf.extend_from_slice(b",\"request_id\":");
     string(buf, l.request_id);
     buf.extend_from_slice(b",\"client\":");
@@ -90,8 +174,9 @@ fn encode(buf: &mut Vec<u8>, l: &Line<'_>, now: SystemTime) {
         buf.extend_from_slice(b",\"key\":");
         string(buf, k);
     }
-    let _ = write!(buf, ",\"client_ip\":\"{}\"", l.client_ip);
-    buf.extend_from_slice(b",\"route\":");
+    buf.extend_from_slice(b",\"client_ip\":\"");
+    buf.extend_from_slice(ip.of(l.client_ip));
+    buf.extend_from_slice(b"\",\"route\":");
     string(buf, l.route);
     buf.extend_from_slice(b",\"method\":\"");
     buf.extend_from_slice(l.method.as_bytes());
@@ -117,41 +202,65 @@ fn string(buf: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *buf, s);
 }
 
-/// The shared buffer of encoded lines and the writer that empties it.
-struct Sink {
+/// One thread's queue of encoded lines, bounded by [`MAX_QUEUED_BYTES`].
+struct Shard {
     buf: Mutex<Vec<u8>>,
-    /// Bytes buffered or being written.
-    queued: &'static AtomicUsize,
+}
+
+impl Shard {
+    fn new() -> Shard {
+        Shard {
+            buf: Mutex::new(Vec::with_capacity(64 << 10)),
+        }
+    }
+
+    /// Appends one encoded line, or drops and counts it when the queue is full. Whether the
+    /// writer should be woken now (the queue just passed [`WAKE_AT`]).
+    fn push(&self, line: &[u8]) -> bool {
+        let n = line.len();
+        let mut buf = self.buf.lock();
+        if buf.len() + n > MAX_QUEUED_BYTES {
+            drop(buf);
+            DROPPED.inc();
+            return false;
+        }
+        buf.extend_from_slice(line);
+        buf.len() >= WAKE_AT && buf.len() - n < WAKE_AT
+    }
+
+    /// Swaps the queued lines into `spare` (emptied before): they are the caller's to write.
+    fn take(&self, spare: &mut Vec<u8>) {
+        spare.clear();
+        std::mem::swap(&mut *self.buf.lock(), spare);
+    }
+
+    fn len(&self) -> usize {
+        self.buf.lock().len()
+    }
+}
+
+/// Every thread's queue, and the writer that empties them.
+struct Sink {
+    shards: Mutex<Vec<Arc<Shard>>>,
+    /// Bytes taken from a queue and not yet written (for [`flush`]).
+    writing: AtomicUsize,
     writer: OnceLock<std::thread::Thread>,
 }
 
-static QUEUED: AtomicUsize = AtomicUsize::new(0);
-
 impl Sink {
-    fn new(queued: &'static AtomicUsize) -> Sink {
+    fn new() -> Sink {
         Sink {
-            buf: Mutex::new(Vec::with_capacity(64 << 10)),
-            queued,
+            shards: Mutex::new(Vec::new()),
+            writing: AtomicUsize::new(0),
             writer: OnceLock::new(),
         }
     }
 
-    /// Appends one encoded line, or drops and counts it when the bound is reached.
-    fn push(&self, line: &[u8]) {
-        let n = line.len();
-        if self.queued.fetch_add(n, Ordering::AcqRel) + n > MAX_QUEUED_BYTES {
-            self.queued.fetch_sub(n, Ordering::AcqRel);
-            DROPPED.inc();
-            return;
-        }
-        let len = {
-            let mut buf = self.buf.lock();
-            buf.extend_from_slice(line);
-            buf.len()
-        };
-        if len >= WAKE_AT && len - n < WAKE_AT {
-            self.wake();
-        }
+    /// A new queue for the calling thread.
+    fn register(&self) -> Arc<Shard> {
+        let shard = Arc::new(Shard::new());
+        self.shards.lock().push(shard.clone());
+        shard
     }
 
     fn wake(&self) {
@@ -160,19 +269,34 @@ impl Sink {
         }
     }
 
-    /// Swaps the buffered lines into `spare` (emptied before) and writes them; returns how
-    /// many bytes were written.
+    /// Takes every queue's lines in turn and writes them (one batch per queue); returns how
+    /// many bytes were written. Queues of threads that are gone are forgotten once empty.
     fn drain(&self, spare: &mut Vec<u8>, out: &mut impl Write) -> usize {
-        spare.clear();
-        std::mem::swap(&mut *self.buf.lock(), spare);
-        let n = spare.len();
-        if n > 0 {
-            // A failed write (stderr closed) loses these lines; the bound still holds.
-            let _ = out.write_all(spare);
-            let _ = out.flush();
-            self.queued.fetch_sub(n, Ordering::AcqRel);
+        let shards: Vec<Arc<Shard>> = {
+            let mut shards = self.shards.lock();
+            shards.retain(|s| Arc::strong_count(s) > 1 || s.len() > 0);
+            shards.clone()
+        };
+        let mut wrote = 0;
+        for shard in shards {
+            shard.take(spare);
+            let n = spare.len();
+            if n > 0 {
+                self.writing.store(n, Ordering::Release);
+                // A failed write (stderr closed) loses these lines; the bound still holds.
+                let _ = out.write_all(spare);
+                let _ = out.flush();
+                self.writing.store(0, Ordering::Release);
+                wrote += n;
+            }
         }
-        n
+        wrote
+    }
+
+    /// Bytes queued or being written.
+    fn queued(&self) -> usize {
+        let queued: usize = self.shards.lock().iter().map(|s| s.len()).sum();
+        queued + self.writing.load(Ordering::Acquire)
     }
 }
 
@@ -180,7 +304,7 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 
 fn sink() -> &'static Sink {
     SINK.get_or_init(|| {
-        let new = Sink::new(&QUEUED);
+        let new = Sink::new();
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
             // `sink()` in the thread waits for this initialisation to finish.
@@ -197,7 +321,7 @@ fn sink() -> &'static Sink {
     })
 }
 
-/// Writes the buffered lines in batches, one `write(2)` per round.
+/// Writes the queued lines in batches, one `write(2)` per queue and round.
 fn writer(sink: &'static Sink, out: impl Write) {
     let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
     let mut spare = Vec::with_capacity(64 << 10);
@@ -209,11 +333,10 @@ fn writer(sink: &'static Sink, out: impl Write) {
 
 /// Waits (up to `max`) until every queued line is written; for shutdown.
 pub(crate) fn flush(max: Duration) {
+    let Some(s) = SINK.get() else { return };
     let until = std::time::Instant::now() + max;
-    while QUEUED.load(Ordering::Acquire) > 0 && std::time::Instant::now() < until {
-        if let Some(s) = SINK.get() {
-            s.wake();
-        }
+    while s.queued() > 0 && std::time::Instant::now() < until {
+        s.wake();
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -240,8 +363,7 @@ mod tests {
 
     #[test]
     fn lines_are_json_with_the_contract_fields() {
-        let mut buf = Vec::new();
-        encode(&mut buf, &line(), SystemTime::UNIX_EPOCH);
+        let buf = encoded(&line(), SystemTime::UNIX_EPOCH);
         assert_eq!(buf.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["target"], TARGET);
@@ -267,36 +389,110 @@ mod tests {
     fn the_trace_id_is_32_hex_digits() {
         let mut l = line();
         l.trace_id = Some(0x4bf92f3577b34da6a3ce929d0e0e4736);
-        let mut buf = Vec::new();
-        encode(&mut buf, &l, SystemTime::UNIX_EPOCH);
+        let buf = encoded(&l, SystemTime::UNIX_EPOCH);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         l.trace_id = Some(1);
-        buf.clear();
-        encode(&mut buf, &l, SystemTime::UNIX_EPOCH);
+        let buf = encoded(&l, SystemTime::UNIX_EPOCH);
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(v["trace_id"], "00000000000000000000000000000001");
     }
 
+    fn encoded(l: &Line<'_>, at: SystemTime) -> Vec<u8> {
+        let mut buf = Vec::new();
+        encode(
+            &mut buf,
+            l,
+            at,
+            &mut SecondsText::default(),
+            &mut IpText::default(),
+        );
+        buf
+    }
+
+    #[test]
+    fn timestamps_and_addresses_are_reformatted_when_they_change() {
+        let (mut clock, mut ip) = (SecondsText::default(), IpText::default());
+        let mut l = line();
+        let mut at = |secs: u64, micros: u32, l: &Line<'_>| {
+            let mut buf = Vec::new();
+            let t = SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000);
+            encode(&mut buf, l, t, &mut clock, &mut ip);
+            serde_json::from_slice::<serde_json::Value>(&buf).unwrap()
+        };
+        let v = at(1_700_000_000, 7, &l);
+        assert_eq!(v["timestamp"], "2023-11-14T22:13:20.000007Z");
+        assert_eq!(v["client_ip"], "10.0.0.1");
+        let v = at(1_700_000_000, 999_999, &l);
+        assert_eq!(v["timestamp"], "2023-11-14T22:13:20.999999Z");
+        l.client_ip = "2001:db8::1".parse().unwrap();
+        let v = at(1_700_000_001, 0, &l);
+        assert_eq!(v["timestamp"], "2023-11-14T22:13:21.000000Z");
+        assert_eq!(v["client_ip"], "2001:db8::1");
+        // The same as an encoder with nothing cached.
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_700_000_001, 0);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&encoded(&l, t)).unwrap(),
+            v
+        );
+    }
+
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_growing() {
-        static Q: AtomicUsize = AtomicUsize::new(0);
-        let sink = Sink::new(&Q);
+        let sink = Sink::new();
+        let shard = sink.register();
         let before = DROPPED.get();
         let line = vec![b'x'; 1024];
-        // No writer drains it: the buffer fills to its bound, then every line is dropped.
+        // No writer drains it: the queue fills to its bound, then every line is dropped.
         for _ in 0..(MAX_QUEUED_BYTES / 1024 + 100) {
-            sink.push(&line);
+            shard.push(&line);
         }
-        assert!(Q.load(Ordering::Acquire) <= MAX_QUEUED_BYTES);
-        assert!(sink.buf.lock().len() <= MAX_QUEUED_BYTES);
+        assert!(sink.queued() <= MAX_QUEUED_BYTES);
+        assert!(shard.len() <= MAX_QUEUED_BYTES);
         assert!(DROPPED.get() - before >= 100);
         // A writer round empties it and gives the bytes back.
         let mut out = Vec::new();
         let wrote = sink.drain(&mut Vec::new(), &mut out);
         assert_eq!(wrote, out.len());
-        assert_eq!(Q.load(Ordering::Acquire), 0);
-        sink.push(&line);
-        assert_eq!(sink.buf.lock().len(), 1024, "accepting lines again");
+        assert_eq!(sink.queued(), 0);
+        shard.push(&line);
+        assert_eq!(shard.len(), 1024, "accepting lines again");
+    }
+
+    #[test]
+    fn every_threads_lines_are_written_in_their_order() {
+        let sink = Arc::new(Sink::new());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    let shard = sink.register();
+                    for i in 0..1000 {
+                        shard.push(format!("{t} {i}\n").as_bytes());
+                    }
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut spare = Vec::new();
+        for t in threads {
+            sink.drain(&mut spare, &mut out);
+            t.join().unwrap();
+        }
+        sink.drain(&mut spare, &mut out);
+        assert_eq!(sink.queued(), 0);
+        // A round with nothing to write forgets the queues of the finished threads.
+        assert_eq!(sink.drain(&mut spare, &mut out), 0);
+        let text = String::from_utf8(out).unwrap();
+        let mut next = [0u32; 4];
+        for l in text.lines() {
+            let (t, i) = l.split_once(' ').unwrap();
+            let (t, i): (usize, u32) = (t.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(i, next[t], "thread {t}'s lines in order, none lost");
+            next[t] += 1;
+        }
+        assert_eq!(next, [1000; 4]);
+        // The queues of the finished threads are forgotten once drained.
+        assert!(sink.shards.lock().is_empty());
     }
 }

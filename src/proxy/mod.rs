@@ -29,7 +29,7 @@ pub use respond::RequestId;
 pub use shape::HasBody;
 
 use crate::auth::{self, Credential};
-use crate::cache::{CacheKey, CacheStatus, Lookup, Origin};
+use crate::cache::{CacheKey, CacheStatus, Entry, Lookup, Origin};
 use crate::config::{Client, KeyRef};
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, Generation};
@@ -44,9 +44,10 @@ use miss::Miss;
 
 /// One request on its way through the pipeline: where it came from, and what the access log
 /// and metrics will say about it.
-struct Ctx {
+struct Ctx<'g> {
     gw: Arc<Gateway>,
-    generation: Arc<Generation>,
+    /// The config generation the request started with (a reload never changes it mid-way).
+    generation: &'g Arc<Generation>,
     /// The caller's address: the TCP peer, or the forwarded client behind a trusted proxy.
     client_ip: IpAddr,
     client: Option<usize>,
@@ -76,7 +77,10 @@ pub(crate) async fn handle_with_id<B>(
     request_id: &RequestId,
 ) -> Response<Bytes> {
     let started = Instant::now();
-    let generation = gw.current();
+    // A guard, not a new `Arc`: no shared reference count is written per request; a miss
+    // clones the `Arc` for its fill.
+    let guard = gw.peek();
+    let generation: &Arc<Generation> = &guard;
     let client_ip = generation
         .config
         .server
@@ -118,14 +122,14 @@ pub(crate) async fn handle_with_id<B>(
     resp
 }
 
-async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>, GatewayError> {
-    let generation = ctx.generation.clone();
+async fn pipeline<B>(ctx: &mut Ctx<'_>, req: &Request<B>) -> Result<Response<Bytes>, GatewayError> {
+    let generation = ctx.generation;
     let config = &generation.config;
     shape::check(&config.server.conn, req)?;
 
     // 1. authenticate (one clock read serves the key's expiry and its last-used time)
     let now_ms = unix_ms(SystemTime::now());
-    let found = authenticate(&ctx.gw, &generation, ctx.client_ip, req.headers(), now_ms)?;
+    let found = authenticate(&ctx.gw, generation, ctx.client_ip, req.headers(), now_ms)?;
     let client = &config.clients[found.client];
     ctx.client = Some(found.client);
     ctx.key = Some(found.key);
@@ -183,11 +187,7 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
         query,
     );
     let now = Instant::now();
-    let lookup = ctx
-        .gw
-        .cache
-        .lookup(&key, now, route.ttl, generation.stale)
-        .await;
+    let lookup = ctx.gw.cache.lookup(&key, now, route.ttl, generation.stale);
     let miss = || Miss {
         gw: ctx.gw.clone(),
         generation: generation.clone(),
@@ -214,36 +214,11 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
                 .inc();
             (e, CacheStatus::Stale, false)
         }
+        // Boxed: what waiting for a fill holds lives on the heap, only for misses, so the
+        // future of every request (hits included) stays small and cheap to move.
         Lookup::Miss { stale } => {
             let m = miss();
-            let deadline = m.deadline;
-            let (flight, joined) = m.fill();
-            let was_joined = joined.is_some();
-            if let Some(link) = joined {
-                ctx.gw.metrics.coalesced.inc();
-                if let (Some(span), Some(fill)) = (ctx.trace.as_mut(), link) {
-                    span.waited_on(&fill);
-                }
-            }
-            let result = tokio::time::timeout_at(deadline, flight)
-                .await
-                .unwrap_or(Err(UpstreamFailure::Timeout));
-            match (result, stale) {
-                // Another replica's fetch, read from Redis: no upstream call was waited for.
-                (Ok(e), _) if e.origin == Origin::Replica => {
-                    (e, CacheStatus::SharedHit, was_joined)
-                }
-                (Ok(e), _) => (e, CacheStatus::Miss, was_joined),
-                (Err(_), Some(e)) => {
-                    ctx.gw
-                        .metrics
-                        .stale_served
-                        .get_or_create(&ReasonLabel { reason: "error" })
-                        .inc();
-                    (e, CacheStatus::Stale, was_joined)
-                }
-                (Err(f), None) => return Err(GatewayError::from(f)),
-            }
+            Box::pin(wait_for_fill(ctx, m, stale)).await?
         }
     };
     ctx.cache = Some(status);
@@ -295,6 +270,42 @@ async fn pipeline<B>(ctx: &mut Ctx, req: &Request<B>) -> Result<Response<Bytes>,
     ))
 }
 
+/// A miss: joins or starts the fill of the key and waits for it until the request's deadline;
+/// on failure serves `stale` when there is one. Returns the entry, how it was produced, and
+/// whether this request joined a fill another request started.
+async fn wait_for_fill(
+    ctx: &mut Ctx<'_>,
+    miss: Miss,
+    stale: Option<Arc<Entry>>,
+) -> Result<(Arc<Entry>, CacheStatus, bool), GatewayError> {
+    let deadline = miss.deadline;
+    let (flight, joined) = miss.fill();
+    let was_joined = joined.is_some();
+    if let Some(link) = joined {
+        ctx.gw.metrics.coalesced.inc();
+        if let (Some(span), Some(fill)) = (ctx.trace.as_mut(), link) {
+            span.waited_on(&fill);
+        }
+    }
+    let result = tokio::time::timeout_at(deadline, flight)
+        .await
+        .unwrap_or(Err(UpstreamFailure::Timeout));
+    Ok(match (result, stale) {
+        // Another replica's fetch, read from Redis: no upstream call was waited for.
+        (Ok(e), _) if e.origin == Origin::Replica => (e, CacheStatus::SharedHit, was_joined),
+        (Ok(e), _) => (e, CacheStatus::Miss, was_joined),
+        (Err(_), Some(e)) => {
+            ctx.gw
+                .metrics
+                .stale_served
+                .get_or_create(&ReasonLabel { reason: "error" })
+                .inc();
+            (e, CacheStatus::Stale, was_joined)
+        }
+        (Err(f), None) => return Err(GatewayError::from(f)),
+    })
+}
+
 /// The client and key the request carries. The failed-auth throttle is asked first, so an
 /// address over its budget is refused before any key is looked at. An expired key is refused
 /// exactly like an unknown one (the caller learns nothing more); the log names the client and
@@ -341,7 +352,7 @@ fn authenticate(
 
 /// Writes the access line and counts the request.
 fn record<B>(
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     req: &Request<B>,
     resp: &Response<Bytes>,
     request_id: &RequestId,
@@ -358,10 +369,7 @@ fn record<B>(
         .and_then(|(c, k)| config.clients[c].keys.get(k))
         .map(|k| &*k.label);
     let route = ctx.route.map(|i| &config.routes[i].path);
-    ctx.gw
-        .metrics
-        .request_duration
-        .observe(elapsed.as_secs_f64());
+    ctx.gw.metrics.request_duration.observe(elapsed);
     if access_log::enabled() {
         access_log::write(&access_log::Line {
             request_id: request_id.as_str(),
@@ -412,7 +420,7 @@ fn record<B>(
 /// Ends the server span with what the access line says.
 fn finish_trace<B>(
     span: ServerSpan,
-    ctx: &Ctx,
+    ctx: &Ctx<'_>,
     req: &Request<B>,
     resp: &Response<Bytes>,
     request_id: &RequestId,

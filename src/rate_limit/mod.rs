@@ -107,7 +107,9 @@ impl ClientLimiter {
         name: &str,
     ) -> Result<RateLimitInfo, (RateLimitInfo, Duration)> {
         if let Some(redis) = redis {
-            if let Some(d) = distributed::check(redis, name, self.rate, self.burst).await {
+            // Boxed: the Redis round trip's state stays out of every request's future.
+            let shared = Box::pin(distributed::check(redis, name, self.rate, self.burst));
+            if let Some(d) = shared.await {
                 return d;
             }
         }

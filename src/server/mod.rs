@@ -1,9 +1,10 @@
 //! Sockets: binding, serving both listeners, connection and request limits, signals and
 //! graceful shutdown.
 //!
-//! The caller port is served by hyper directly: HTTP/1.1 and prior-knowledge h2c through
-//! `hyper-util`'s auto builder (no `Upgrade: h2c`, no CONNECT tunnels), or, with
-//! `server.tls_cert_file`, only TLS carrying HTTP/1.1 or h2 (ALPN) — see `stream`. Around every
+//! The caller port is served by hyper directly: HTTP/1.1 and prior-knowledge h2c (no `Upgrade:
+//! h2c`, no CONNECT tunnels), or, with `server.tls_cert_file`, only TLS carrying HTTP/1.1 or h2
+//! (ALPN). Which of hyper's two connection types serves a connection is decided once, from its
+//! first bytes or its ALPN (`stream`), so no sniffing layer sits under every read. Around every
 //! connection:
 //!
 //! * a slot of `server.max_connections`, taken *before* `accept`, so excess connections wait in
@@ -44,8 +45,9 @@ use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, Version};
 use http_body_util::Full;
 use hyper::body::{Body as _, Incoming};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
 
@@ -57,7 +59,7 @@ use crate::proxy::{HasBody, RequestId};
 
 mod stream;
 mod watchdog;
-use stream::CallerStream;
+use stream::{CallerStream, Protocol};
 use watchdog::{Busy, ConnClock, Expiry, Watched};
 
 /// Listen backlog: large enough that a storm of new connections queues instead of being
@@ -192,26 +194,36 @@ enum Phase {
     Closing,
 }
 
-fn builder(limits: &Limits) -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // Off on purpose (hyper's default is 30 s): the connection watchdog times heads.
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        // Twice our own limits, so heads just over them reach `proxy` and get its JSON 414/431
-        // with a request id; only far larger ones are cut by hyper (a bare 431).
-        .max_buf_size(((limits.max_header_bytes + limits.max_uri_bytes) * 2 + 8192).max(16 * 1024))
-        .max_headers(MAX_HEADERS)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .keep_alive_interval(Some(limits.keep_alive_timeout / 2))
-        .keep_alive_timeout(limits.keep_alive_timeout / 2);
-    builder
+/// The two protocol builders of the caller port. Each connection is served by one of them,
+/// chosen once per connection (see [`stream::protocol`]): hyper's plain HTTP/1.1 connection
+/// for the common case, with no sniffing layer under every read, and HTTP/2 for prior-knowledge
+/// h2c or ALPN `h2`.
+struct Protocols {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(limits: &Limits) -> Protocols {
+        let mut h1 = http1::Builder::new();
+        // No timer: hyper's header-read timeout is off on purpose (hyper's default is 30 s,
+        // and it also runs while a keep-alive connection idles); the watchdog times heads.
+        h1.header_read_timeout(None)
+            // Twice our own limits, so heads just over them reach `proxy` and get its JSON
+            // 414/431 with a request id; only far larger ones are cut by hyper (a bare 431).
+            .max_buf_size(
+                ((limits.max_header_bytes + limits.max_uri_bytes) * 2 + 8192).max(16 * 1024),
+            )
+            .max_headers(MAX_HEADERS)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .keep_alive_interval(Some(limits.keep_alive_timeout / 2))
+            .keep_alive_timeout(limits.keep_alive_timeout / 2);
+        Protocols { h1, h2 }
+    }
 }
 
 async fn serve_callers(
@@ -220,7 +232,7 @@ async fn serve_callers(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let limits = Limits::from_settings(&gw.peek().config.server);
-    let builder = Arc::new(builder(&limits));
+    let protocols = Arc::new(Protocols::new(&limits));
     let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight));
@@ -257,7 +269,7 @@ async fn serve_callers(
         let tls = gw.peek().config.server.tls.as_ref().map(|t| t.acceptor());
         let mut phase = phase_rx.clone();
         let gw = gw.clone();
-        let builder = builder.clone();
+        let protocols = protocols.clone();
         gw.metrics.connections.inc();
         tokio::spawn(async move {
             let io = match tls {
@@ -275,27 +287,20 @@ async fn serve_callers(
                     .await
                 }
             };
-            if let Some(io) = io {
-                let conn = builder.serve_connection(TokioIo::new(io), svc);
-                let mut conn = std::pin::pin!(conn);
-                loop {
-                    tokio::select! {
-                        _ = conn.as_mut() => break,
-                        why = clock.expired(&limits) => {
-                            tracing::debug!(%peer, reason = why.as_str(), "closing caller connection");
-                            if why == Expiry::Idle {
-                                conn.as_mut().graceful_shutdown();
-                                let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await;
-                            }
-                            break;
-                        }
-                        changed = phase.changed() => match changed.map(|_| *phase.borrow()) {
-                            Ok(Phase::Draining) => conn.as_mut().graceful_shutdown(),
-                            Ok(Phase::Serving) => {}
-                            Ok(Phase::Closing) | Err(_) => break,
-                        },
-                    }
+            let proto = match &io {
+                Some(io) => stream::protocol(io, &clock, &limits, &mut phase).await,
+                None => None,
+            };
+            match (io, proto) {
+                (Some(io), Some(Protocol::Http1)) => {
+                    let conn = protocols.h1.serve_connection(TokioIo::new(io), svc);
+                    drive(conn, &clock, &limits, &mut phase, peer).await;
                 }
+                (Some(io), Some(Protocol::Http2)) => {
+                    let conn = protocols.h2.serve_connection(TokioIo::new(io), svc);
+                    drive(conn, &clock, &limits, &mut phase, peer).await;
+                }
+                _ => {}
             }
             gw.metrics.connections.dec();
             drop(permit);
@@ -318,6 +323,40 @@ async fn serve_callers(
         let _ = tokio::time::timeout(FORCE_CLOSE_WAIT, slots.acquire_many(all)).await;
     }
     Ok(())
+}
+
+/// Serves one connection until it ends, the watchdog expires it, or the drain closes it. The
+/// connection is polled first (`biased`): on the hit path every wake-up is the connection's,
+/// and the watchdog and the phase are only looked at when it has nothing to do.
+async fn drive<C: GracefulConnection>(
+    conn: C,
+    clock: &ConnClock,
+    limits: &Limits,
+    phase: &mut watch::Receiver<Phase>,
+    peer: SocketAddr,
+) {
+    let mut conn = std::pin::pin!(conn);
+    let expired = clock.expired(limits);
+    let mut expired = std::pin::pin!(expired);
+    loop {
+        tokio::select! {
+            biased;
+            _ = conn.as_mut() => break,
+            why = expired.as_mut() => {
+                tracing::debug!(%peer, reason = why.as_str(), "closing caller connection");
+                if why == Expiry::Idle {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut()).await;
+                }
+                break;
+            }
+            changed = phase.changed() => match changed.map(|_| *phase.borrow()) {
+                Ok(Phase::Draining) => conn.as_mut().graceful_shutdown(),
+                Ok(Phase::Serving) => {}
+                Ok(Phase::Closing) | Err(_) => break,
+            },
+        }
+    }
 }
 
 /// The per-connection hyper service: in-flight slot, body marker, then `proxy::handle` inside
@@ -444,7 +483,7 @@ async fn maintenance(gw: Arc<Gateway>) {
         if let Some(t) = &gw.current().auth_throttle {
             t.prune();
         }
-        gw.cache.sync().await;
+        gw.cache.sync();
     }
 }
 

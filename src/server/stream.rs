@@ -6,9 +6,15 @@
 //! `server.header_read_timeout` from connect, and a caller that opens a connection and never
 //! finishes its ClientHello holds a connection slot no longer than a slowloris would. The
 //! certificate and rustls setup are the `tls` room's; what a request means is `proxy`'s.
+//!
+//! Also here: which protocol a connection speaks ([`protocol`]), decided once per connection so
+//! that no sniffing layer sits under every read. Over TLS it is the ALPN result (`h2`, else
+//! HTTP/1.1); in plain text, a peek at the first bytes: the HTTP/2 connection preface means
+//! prior-knowledge h2c, anything else HTTP/1.1 (the peeked bytes stay in the socket for hyper).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -59,6 +65,62 @@ pub(super) async fn handshake(
             None
         }
         _ = phase.wait_for(|p| *p != Phase::Serving) => None,
+    }
+}
+
+/// What one caller connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): a prior-knowledge h2c client's first bytes.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// While the first bytes are a strict prefix of the preface, how long to wait before peeking
+/// again (a peek returns at once while any byte is buffered).
+const SNIFF_RETRY: Duration = Duration::from_millis(1);
+
+/// The protocol of `io`'s connection. `None` (the connection is dropped) when the caller
+/// closes before sending a byte, when the watchdog's head timeout passes first, or when the
+/// server starts draining (no request has been read yet, so nothing is lost).
+pub(super) async fn protocol(
+    io: &CallerStream,
+    clock: &ConnClock,
+    limits: &Limits,
+    phase: &mut watch::Receiver<Phase>,
+) -> Option<Protocol> {
+    let tcp = match io {
+        CallerStream::Tls(tls) => {
+            return Some(match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            })
+        }
+        CallerStream::Plain(w) => &w.io,
+    };
+    tokio::select! {
+        p = sniff(tcp) => p,
+        _ = clock.expired(limits) => None,
+        _ = phase.wait_for(|p| *p != Phase::Serving) => None,
+    }
+}
+
+/// Peeks at the first bytes of a plain connection until they tell HTTP/1.1 from h2c.
+async fn sniff(tcp: &TcpStream) -> Option<Protocol> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = tcp.peek(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(Protocol::Http2);
+        }
+        tokio::time::sleep(SNIFF_RETRY).await;
     }
 }
 
