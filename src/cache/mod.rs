@@ -6,14 +6,18 @@
 //! nothing of the gateway, the upstream, Redis or metrics, and reports through return values.
 //! moka's own expiry only bounds memory; freshness is decided from the entry's `fetched_at`.
 //! [`key`] builds cache keys, [`entry`] holds one answer and its renders, [`l2`] is the
-//! format of answers shared between replicas.
+//! format of answers shared between replicas, [`hot`] the per-thread front that serves repeated
+//! hits from each thread's own copy (valid while the store's epoch, bumped by every change of
+//! the store, is unchanged).
 
 pub(crate) mod entry;
 pub(crate) mod flight;
+pub(crate) mod hot;
 pub(crate) mod key;
 pub(crate) mod l2;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +28,7 @@ use tokio::time::Instant;
 use entry::Freshness;
 pub use entry::{Entry, Origin, Rendered, StaleWindows};
 pub(crate) use flight::{FetchPanicked, Flight};
+pub(crate) use hot::HotHit;
 pub use key::CacheKey;
 
 use flight::Flights;
@@ -101,7 +106,15 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for Retain {
 pub struct CacheStore<E, T = ()> {
     entries: Cache<CacheKey, Arc<Entry>>,
     flights: Arc<Flights<CacheKey, Arc<Entry>, E, T>>,
+    /// This store among others in the process (the per-thread fronts are per process).
+    id: u64,
+    /// Bumped after every change of the store: what a thread's front remembered under an
+    /// older epoch is never served ([`hot`]).
+    epoch: Arc<AtomicU64>,
 }
+
+/// Ids of stores.
+static STORES: AtomicU64 = AtomicU64::new(1);
 
 impl<E, T> std::fmt::Debug for CacheStore<E, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -128,6 +141,8 @@ where
         CacheStore {
             entries,
             flights: Flights::new(),
+            id: STORES.fetch_add(1, Ordering::Relaxed),
+            epoch: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -168,6 +183,7 @@ where
         F: Future<Output = Result<Arc<Entry>, E>> + Send + 'static,
     {
         let entries = self.entries.clone();
+        let epoch = self.epoch.clone();
         let k = key.clone();
         self.flights.join_or_start(key, move || {
             let (note, fetch) = start();
@@ -178,7 +194,7 @@ where
                     }
                 }
                 let e = fetch.await?;
-                insert_if_newer(&entries, k, e.clone());
+                insert_if_newer(&entries, &epoch, k, e.clone());
                 Ok(e)
             };
             (note, fill)
@@ -187,7 +203,7 @@ where
 
     /// Stores `entry` for `key` unless the store holds a newer fetch (never older over newer).
     pub fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
-        insert_if_newer(&self.entries, key, entry);
+        insert_if_newer(&self.entries, &self.epoch, key, entry);
     }
 
     /// The entry for `key` whatever its age (admin, tests).
@@ -207,6 +223,7 @@ where
                     .invalidate_entries_if(move |k, _| k.account() == &*name);
             }
         }
+        self.invalidate_hot();
     }
 
     /// Drops every entry of the route `route` (its baseline changed: entries carry the new
@@ -217,6 +234,50 @@ where
         let _ = self
             .entries
             .invalidate_entries_if(move |k, _| k.route() == &*route);
+        self.invalidate_hot();
+    }
+
+    /// The store's epoch now: read it *before* [`CacheStore::lookup`], and remember a hit
+    /// under it ([`CacheStore::remember`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// This thread's own copy of (`key`, `profile`), when it was remembered under `epoch` (the
+    /// current one) and is fresh at `now` for `ttl`.
+    pub(crate) fn hot(
+        &self,
+        epoch: u64,
+        key: &CacheKey,
+        profile: Option<&Arc<crate::redact::Profile>>,
+        now: Instant,
+        ttl: Duration,
+    ) -> Option<HotHit> {
+        let hit = hot::get(self.id, epoch, key, profile, now, ttl)?;
+        if hit.touch {
+            // Lets moka's eviction policy see that the entry is in use.
+            let _ = self.entries.get(key);
+        }
+        Some(hit)
+    }
+
+    /// Remembers a fresh hit of `entry` rendered as `rendered` for `profile` in this thread's
+    /// front, under `epoch` (read before the lookup that found `entry`).
+    pub(crate) fn remember(
+        &self,
+        epoch: u64,
+        key: &CacheKey,
+        profile: Option<&Arc<crate::redact::Profile>>,
+        entry: &Entry,
+        rendered: &Rendered,
+    ) {
+        hot::remember(self.id, epoch, key, profile, entry.fetched_at, rendered);
+    }
+
+    /// Makes every thread's front forget what it holds of this store (a reload calls it: new
+    /// TTLs, profiles or keys apply to the next request).
+    pub(crate) fn invalidate_hot(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Number of entries (approximate until pending maintenance runs).
@@ -240,11 +301,17 @@ where
     }
 }
 
-fn insert_if_newer(entries: &Cache<CacheKey, Arc<Entry>>, key: CacheKey, new: Arc<Entry>) {
+fn insert_if_newer(
+    entries: &Cache<CacheKey, Arc<Entry>>,
+    epoch: &AtomicU64,
+    key: CacheKey,
+    new: Arc<Entry>,
+) {
     entries.entry(key).and_compute_with(|old| match old {
         Some(old) if old.value().fetched_at > new.fetched_at => Op::Nop,
         _ => Op::Put(new),
     });
+    epoch.fetch_add(1, Ordering::AcqRel);
 }
 
 #[cfg(test)]
@@ -280,5 +347,123 @@ mod tests {
         store.insert(key.clone(), entry(old, b"{\"v\":1}"));
         let got = store.get(&key).unwrap();
         assert_eq!(&got.raw.body[..], b"{\"v\":2}");
+    }
+
+    /// What a caller of the store does on a hit: serve from the thread's front, else look the
+    /// store up (epoch read first) and remember a fresh hit.
+    fn serve(
+        store: &CacheStore<Failed>,
+        key: &CacheKey,
+        profile: Option<&Arc<crate::redact::Profile>>,
+    ) -> Option<(&'static str, Bytes)> {
+        let (now, ttl) = (Instant::now(), Duration::from_secs(10));
+        let epoch = store.epoch();
+        if let Some(hot) = store.hot(epoch, key, profile, now, ttl) {
+            return Some(("front", hot.rendered.body));
+        }
+        match store.lookup(key, now, ttl, StaleWindows::default()) {
+            Lookup::Fresh(e) => {
+                let r = e.body_for(profile).ok()?;
+                store.remember(epoch, key, profile, &e, &r);
+                Some(("store", r.body))
+            }
+            _ => None,
+        }
+    }
+
+    fn profile() -> Arc<crate::redact::Profile> {
+        let spec: crate::redact::ProfileSpec = toml::from_str("remove = [\"$.x\"]").unwrap();
+        Arc::new(crate::redact::Profile::compile("p", &spec).unwrap())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_thread_serves_its_own_copy_until_the_store_changes() {
+        let store = CacheStore::<Failed>::new(1 << 20);
+        let key = CacheKey::new("A".into(), 1, "/r".into(), None);
+        store.insert(key.clone(), entry(Instant::now(), b"{\"v\":1}"));
+        assert_eq!(serve(&store, &key, None).unwrap().0, "store");
+        let (from, body) = serve(&store, &key, None).unwrap();
+        assert_eq!((from, &body[..]), ("front", &b"{\"v\":1}"[..]));
+        // Another thread has its own front: it asks the store first.
+        std::thread::scope(|s| {
+            s.spawn(|| assert_eq!(serve(&store, &key, None).unwrap().0, "store"));
+        });
+        // A newer answer: the front's copy is no longer served.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        store.insert(key.clone(), entry(Instant::now(), b"{\"v\":2}"));
+        let (from, body) = serve(&store, &key, None).unwrap();
+        assert_eq!((from, &body[..]), ("store", &b"{\"v\":2}"[..]));
+        assert_eq!(serve(&store, &key, None).unwrap().0, "front");
+        // Every kind of purge, and a reload, forget the front's copies.
+        for forget in [
+            &(|s: &CacheStore<Failed>| s.purge(None)) as &dyn Fn(&CacheStore<Failed>),
+            &|s| s.purge(Some("A")),
+            &|s| s.purge_route("/r"),
+            &|s| s.invalidate_hot(),
+        ] {
+            store.insert(key.clone(), entry(Instant::now(), b"{\"v\":3}"));
+            serve(&store, &key, None);
+            assert_eq!(serve(&store, &key, None).unwrap().0, "front");
+            forget(&store);
+            let after = serve(&store, &key, None).map(|h| h.0);
+            assert_ne!(after, Some("front"));
+        }
+        // Freshness is the caller's TTL: an old copy is not served from the front.
+        store.insert(key.clone(), entry(Instant::now(), b"{\"v\":4}"));
+        serve(&store, &key, None);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(serve(&store, &key, None).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hit_read_before_a_purge_is_never_remembered_past_it() {
+        let store = CacheStore::<Failed>::new(1 << 20);
+        let key = CacheKey::new("A".into(), 1, "/r".into(), None);
+        store.insert(key.clone(), entry(Instant::now(), b"{}"));
+        let epoch = store.epoch();
+        let Lookup::Fresh(e) = store.lookup(
+            &key,
+            Instant::now(),
+            Duration::from_secs(10),
+            StaleWindows::default(),
+        ) else {
+            panic!("fresh")
+        };
+        // The purge lands between the lookup and remembering its hit.
+        store.purge(None);
+        store.remember(epoch, &key, None, &e, &e.raw);
+        let now = Instant::now();
+        assert!(store
+            .hot(store.epoch(), &key, None, now, Duration::from_secs(10))
+            .is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_front_tells_profiles_apart_by_identity_and_skips_big_bodies() {
+        let store = CacheStore::<Failed>::new(1 << 24);
+        let key = CacheKey::new("A".into(), 1, "/r".into(), None);
+        store.insert(key.clone(), entry(Instant::now(), b"{\"x\":1,\"y\":2}"));
+        let (p, same_spec) = (profile(), profile());
+        assert_eq!(serve(&store, &key, Some(&p)).unwrap().0, "store");
+        let (from, body) = serve(&store, &key, Some(&p)).unwrap();
+        assert_eq!((from, &body[..]), ("front", &b"{\"y\":2}"[..]));
+        // Unprofiled callers and another profile (even with the same spec) are not served p's.
+        let (from, body) = serve(&store, &key, None).unwrap();
+        assert_eq!((from, &body[..]), ("store", &b"{\"x\":1,\"y\":2}"[..]));
+        assert_ne!(serve(&store, &key, Some(&same_spec)).unwrap().0, "front");
+        // An answer beyond the front's bound is always served from the store.
+        let big = format!("{{\"x\":\"{}\"}}", "a".repeat(hot::MAX_BODY));
+        let big_key = CacheKey::new("B".into(), 1, "/r".into(), None);
+        let e = Arc::new(Entry::new(
+            Bytes::from(big),
+            Instant::now(),
+            Origin::Upstream(Duration::ZERO),
+            Duration::from_secs(60),
+            0,
+        ));
+        store.insert(big_key.clone(), e);
+        for _ in 0..3 {
+            assert_eq!(serve(&store, &big_key, None).unwrap().0, "store");
+        }
     }
 }

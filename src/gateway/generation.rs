@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::cache::StaleWindows;
+use crate::cache::{CacheKey, StaleWindows};
 use crate::config::Config;
 use crate::metrics::{ClientLabel, Metrics, RequestLabels};
 use crate::rate_limit::{AuthThrottle, ClientLimiter, TokioClock, UpstreamBudget};
@@ -110,6 +110,9 @@ pub struct Generation {
     pub(crate) accounts: Vec<Arc<AccountState>>,
     pub(crate) clients: Vec<ClientState>,
     pub(crate) stale: StaleWindows,
+    /// The cache key of every (account, route) without a query, made once here so a hit
+    /// builds none (and takes no reference count on the names): `route_keys[account][route]`.
+    pub(crate) route_keys: Vec<Vec<CacheKey>>,
 }
 
 impl std::fmt::Debug for Generation {
@@ -182,7 +185,7 @@ impl Generation {
                 }
             }
         }
-        let accounts = config
+        let accounts: Vec<Arc<AccountState>> = config
             .accounts
             .iter()
             .map(|a| {
@@ -257,6 +260,23 @@ impl Generation {
             revalidate: config.cache.stale_while_revalidate,
             if_error: config.cache.stale_if_error,
         };
+        let route_keys = accounts
+            .iter()
+            .map(|a| {
+                config
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        CacheKey::new(
+                            a.account.name.clone(),
+                            a.account.key_fp,
+                            r.path.clone(),
+                            None,
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
         Ok(Generation {
             config,
             upstream,
@@ -265,6 +285,7 @@ impl Generation {
             accounts,
             clients,
             stale,
+            route_keys,
         })
     }
 

@@ -249,6 +249,8 @@ impl Gateway {
         // Swap first, then drop cached answers of accounts that are gone or whose upstream key
         // changed: requests that start after the swap never refill from the old key.
         self.generation.store(new.clone());
+        // Each thread's copies of hits were made under the old config: forgotten.
+        self.cache.invalidate_hot();
         went_live(&self.metrics, &new.config);
         record_tls(&self.metrics, &new.config);
         for a in &old.config.accounts {

@@ -60,6 +60,8 @@ pub(crate) struct Line<'a> {
     pub(crate) upstream: Option<Duration>,
     /// The W3C trace id of the request's span, when tracing is on.
     pub(crate) trace_id: Option<u128>,
+    /// When the answer was ready (the line's timestamp).
+    pub(crate) time: SystemTime,
 }
 
 /// Whether access lines are wanted (the tracing filter enables the target at INFO).
@@ -99,7 +101,7 @@ pub(crate) fn write(line: &Line<'_>) {
             shard,
         } = &mut *local;
         scratch.clear();
-        encode(scratch, line, SystemTime::now(), clock, ip);
+        encode(scratch, line, clock, ip);
         let shard = shard.get_or_insert_with(|| sink().register());
         if shard.push(scratch) {
             sink().wake();
@@ -146,17 +148,12 @@ impl IpText {
     }
 }
 
-fn encode(
-    buf: &mut Vec<u8>,
-    l: &Line<'_>,
-    now: SystemTime,
-    clock: &mut SecondsText,
-    ip: &mut IpText,
-) {
+fn encode(buf: &mut Vec<u8>, l: &Line<'_>, clock: &mut SecondsText, ip: &mut IpText) {
     let mut num = itoa::Buffer::new();
     buf.extend_from_slice(b"{\"timestamp\":\"");
     // RFC 3339 with microseconds, as the tracing JSON formatter writes it.
-    let since = now
+    let since = l
+        .time
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     buf.extend_from_slice(clock.of(since.as_secs()));
@@ -358,6 +355,7 @@ mod tests {
             latency: Duration::from_micros(42),
             upstream: None,
             trace_id: None,
+            time: SystemTime::UNIX_EPOCH,
         }
     }
 
@@ -400,10 +398,10 @@ mod tests {
 
     fn encoded(l: &Line<'_>, at: SystemTime) -> Vec<u8> {
         let mut buf = Vec::new();
+        let l = Line { time: at, ..*l };
         encode(
             &mut buf,
-            l,
-            at,
+            &l,
             &mut SecondsText::default(),
             &mut IpText::default(),
         );
@@ -416,8 +414,11 @@ mod tests {
         let mut l = line();
         let mut at = |secs: u64, micros: u32, l: &Line<'_>| {
             let mut buf = Vec::new();
-            let t = SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000);
-            encode(&mut buf, l, t, &mut clock, &mut ip);
+            let l = Line {
+                time: SystemTime::UNIX_EPOCH + Duration::new(secs, micros * 1000),
+                ..*l
+            };
+            encode(&mut buf, &l, &mut clock, &mut ip);
             serde_json::from_slice::<serde_json::Value>(&buf).unwrap()
         };
         let v = at(1_700_000_000, 7, &l);

@@ -45,7 +45,7 @@ use miss::Miss;
 /// One request on its way through the pipeline: where it came from, and what the access log
 /// and metrics will say about it.
 struct Ctx<'g> {
-    gw: Arc<Gateway>,
+    gw: &'g Arc<Gateway>,
     /// The config generation the request started with (a reload never changes it mid-way).
     generation: &'g Arc<Generation>,
     /// The caller's address: the TCP peer, or the forwarded client behind a trusted proxy.
@@ -60,23 +60,29 @@ struct Ctx<'g> {
     rate_limit: Option<RateLimitInfo>,
     /// The server span, when tracing is on.
     trace: Option<ServerSpan>,
+    /// When the request was handed over, on the monotonic clock and the wall clock: the one
+    /// pair of clock reads that every step of the request shares (freshness, Age, key expiry,
+    /// last-used times); the access line's time is `wall` + the latency.
+    started: Instant,
+    wall: SystemTime,
 }
 
 /// Handles one caller request. Never panics on input; never sends caller bytes upstream.
 pub async fn handle<B>(gw: Arc<Gateway>, peer: IpAddr, req: Request<B>) -> Response<Bytes> {
     let request_id = RequestId::from_headers(req.headers());
-    handle_with_id(gw, peer, req, &request_id).await
+    handle_with_id(&gw, peer, req, &request_id).await
 }
 
 /// [`handle`] with the request id already taken (the server takes it first, so that even a
 /// panic or timeout answer carries it).
 pub(crate) async fn handle_with_id<B>(
-    gw: Arc<Gateway>,
+    gw: &Arc<Gateway>,
     peer: IpAddr,
     req: Request<B>,
     request_id: &RequestId,
 ) -> Response<Bytes> {
     let started = Instant::now();
+    let wall = SystemTime::now();
     // A guard, not a new `Arc`: no shared reference count is written per request; a miss
     // clones the `Arc` for its fill.
     let guard = gw.peek();
@@ -101,6 +107,8 @@ pub(crate) async fn handle_with_id<B>(
         upstream: None,
         rate_limit: None,
         trace,
+        started,
+        wall,
     };
     let mut resp = match pipeline(&mut ctx, &req).await {
         Ok(r) => r,
@@ -115,7 +123,7 @@ pub(crate) async fn handle_with_id<B>(
     if let Some(info) = ctx.rate_limit {
         respond::rate_limit_headers(resp.headers_mut(), info);
     }
-    record(&ctx, &req, &resp, request_id, started);
+    record(&ctx, &req, &resp, request_id);
     if let Some(span) = ctx.trace.take() {
         finish_trace(span, &ctx, &req, &resp, request_id);
     }
@@ -128,8 +136,8 @@ async fn pipeline<B>(ctx: &mut Ctx<'_>, req: &Request<B>) -> Result<Response<Byt
     shape::check(&config.server.conn, req)?;
 
     // 1. authenticate (one clock read serves the key's expiry and its last-used time)
-    let now_ms = unix_ms(SystemTime::now());
-    let found = authenticate(&ctx.gw, generation, ctx.client_ip, req.headers(), now_ms)?;
+    let now_ms = unix_ms(ctx.wall);
+    let found = authenticate(ctx.gw, generation, ctx.client_ip, req.headers(), now_ms)?;
     let client = &config.clients[found.client];
     ctx.client = Some(found.client);
     ctx.key = Some(found.key);
@@ -180,14 +188,38 @@ async fn pipeline<B>(ctx: &mut Ctx<'_>, req: &Request<B>) -> Result<Response<Byt
 
     // 4. cache, or fetch on a miss
     let account = &generation.accounts[client.account];
-    let key = CacheKey::new(
-        account.account.name.clone(),
-        account.account.key_fp,
-        route.path.clone(),
-        query,
-    );
-    let now = Instant::now();
-    let lookup = ctx.gw.cache.lookup(&key, now, route.ttl, generation.stale);
+    let owned_key;
+    let key = match query {
+        None => &generation.route_keys[client.account][route_idx],
+        Some(q) => {
+            owned_key = CacheKey::new(
+                account.account.name.clone(),
+                account.account.key_fp,
+                route.path.clone(),
+                Some(q),
+            );
+            &owned_key
+        }
+    };
+    let profile = client.profile.map(|i| &config.profiles[i]);
+    let now = ctx.started;
+    // Read before the store is asked: a hit remembered under it is never newer than a purge.
+    let epoch = ctx.gw.cache.epoch();
+    // 4a. this thread's own copy of a fresh answer (no shared cache line written)
+    if let Some(hot) = ctx.gw.cache.hot(epoch, key, profile, now, route.ttl) {
+        ctx.cache = Some(CacheStatus::Hit);
+        state.usage.hits.fetch_add(1, Ordering::Relaxed);
+        state.calls_avoided.inc();
+        return Ok(respond::served(
+            req,
+            hot.fetched_at,
+            hot.rendered,
+            CacheStatus::Hit,
+            route.ttl.as_secs(),
+            now,
+        ));
+    }
+    let lookup = ctx.gw.cache.lookup(key, now, route.ttl, generation.stale);
     let miss = || Miss {
         gw: ctx.gw.clone(),
         generation: generation.clone(),
@@ -242,7 +274,6 @@ async fn pipeline<B>(ctx: &mut Ctx<'_>, req: &Request<B>) -> Result<Response<Byt
     }
 
     // 5. redact
-    let profile = client.profile.map(|i| &config.profiles[i]);
     let rendered = entry.body_for(profile).map_err(|e| {
         match e {
             RedactError::NotJson => tracing::error!(
@@ -259,14 +290,20 @@ async fn pipeline<B>(ctx: &mut Ctx<'_>, req: &Request<B>) -> Result<Response<Byt
         }
         GatewayError::UpstreamError
     })?;
+    if status == CacheStatus::Hit {
+        ctx.gw
+            .cache
+            .remember(epoch, key, profile, &entry, &rendered);
+    }
 
     // 6. respond
     Ok(respond::served(
         req,
-        &entry,
+        entry.fetched_at,
         rendered,
         status,
         route.ttl.as_secs(),
+        now,
     ))
 }
 
@@ -351,14 +388,8 @@ fn authenticate(
 }
 
 /// Writes the access line and counts the request.
-fn record<B>(
-    ctx: &Ctx<'_>,
-    req: &Request<B>,
-    resp: &Response<Bytes>,
-    request_id: &RequestId,
-    started: Instant,
-) {
-    let elapsed = started.elapsed();
+fn record<B>(ctx: &Ctx<'_>, req: &Request<B>, resp: &Response<Bytes>, request_id: &RequestId) {
+    let elapsed = ctx.started.elapsed();
     let status = resp.status().as_u16();
     let cache = ctx.cache.map_or("NONE", CacheStatus::label);
     let config = &ctx.generation.config;
@@ -383,6 +414,7 @@ fn record<B>(
             latency: elapsed,
             upstream: ctx.upstream,
             trace_id: ctx.trace.as_ref().and_then(ServerSpan::trace_id),
+            time: ctx.wall + elapsed,
         });
     }
     // The common case (200 HIT) uses a counter handle made at config load: no label hashing.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use tokio::time::Instant;
 
-use crate::cache::{CacheStatus, Entry, Rendered};
+use crate::cache::{CacheStatus, Rendered};
 use crate::rate_limit::RateLimitInfo;
 
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -71,13 +71,15 @@ impl Default for RequestId {
     }
 }
 
-/// The answer for a request served from `entry` (200, or 304 when `If-None-Match` matches).
+/// The answer for a request served from an answer fetched at `fetched_at` (200, or 304 when
+/// `If-None-Match` matches).
 pub(crate) fn served<B>(
     req: &Request<B>,
-    entry: &Entry,
+    fetched_at: Instant,
     rendered: Rendered,
     status: CacheStatus,
     ttl_secs: u64,
+    now: Instant,
 ) -> Response<Bytes> {
     let not_modified = req
         .headers()
@@ -100,7 +102,7 @@ pub(crate) fn served<B>(
     h.insert(&X_CACHE, HeaderValue::from_static(status.as_str()));
     h.insert(
         header::AGE,
-        HeaderValue::from(entry.age(Instant::now()).as_secs()),
+        HeaderValue::from(now.saturating_duration_since(fetched_at).as_secs()),
     );
     h.insert(header::ETAG, rendered.etag);
     h.insert(header::CACHE_CONTROL, cache_control(ttl_secs));

@@ -19,7 +19,8 @@
 //!   present; an open connection keeps its own).
 //!
 //! Around every request: a slot of the in-flight cap taken without waiting (none free → 503 at
-//! once), a `HasBody` marker so that `proxy` can refuse GET/HEAD bodies (bodies are never
+//! once; an HTTP/1.1 connection takes one slot with its first request and keeps it, as it
+//! carries one request at a time), a `HasBody` marker so that `proxy` can refuse GET/HEAD bodies (bodies are never
 //! read, so never forwarded), the request id (taken here, so every answer carries it), a
 //! panic guard (500 `internal`, the process keeps serving) and a `server.request_timeout`
 //! backstop. The guard is a `catch_unwind` around the handler future rather than
@@ -359,6 +360,51 @@ async fn drive<C: GracefulConnection>(
     }
 }
 
+/// What every request of one connection shares. Requests take a reference to this (one count
+/// on a line that only the connection's own core writes) rather than to the shared
+/// [`Gateway`], whose count every core would write for every request.
+struct Conn {
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    clock: Arc<ConnClock>,
+    in_flight: Arc<Semaphore>,
+    /// An HTTP/1.1 connection's in-flight slot: taken by its first request and kept until the
+    /// connection closes (HTTP/1.1 carries one request at a time, so one slot covers every
+    /// request, and the in-flight semaphore is not touched per request). HTTP/2 streams take
+    /// a slot each.
+    h1_slot: std::sync::OnceLock<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Conn {
+    /// Whether a request of `version` may be handled now: false when every in-flight slot is
+    /// taken. The slot of an HTTP/2 stream comes back in `stream_slot`.
+    fn admit(
+        &self,
+        version: Version,
+        stream_slot: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> bool {
+        if version < Version::HTTP_2 {
+            if self.h1_slot.get().is_some() {
+                return true;
+            }
+            return match self.in_flight.clone().try_acquire_owned() {
+                Ok(p) => {
+                    let _ = self.h1_slot.set(p);
+                    true
+                }
+                Err(_) => false,
+            };
+        }
+        match self.in_flight.clone().try_acquire_owned() {
+            Ok(p) => {
+                *stream_slot = Some(p);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 /// The per-connection hyper service: in-flight slot, body marker, then `proxy::handle` inside
 /// the panic guard and timeout backstop.
 fn service(
@@ -372,11 +418,17 @@ fn service(
     Error = Infallible,
     Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone {
+    let conn = Arc::new(Conn {
+        gw,
+        peer,
+        clock,
+        in_flight,
+        h1_slot: std::sync::OnceLock::new(),
+    });
     hyper::service::service_fn(move |mut req: Request<Incoming>| {
         // Taken when hyper hands the request over, so the watchdog stops counting at once.
-        let busy = Busy::start(clock.clone(), req.version());
-        let gw = gw.clone();
-        let in_flight = in_flight.clone();
+        let busy = Busy::start(conn.clock.clone(), req.version());
+        let conn = conn.clone();
         async move {
             let has_body = !req.body().is_end_stream();
             // An unread body or chunked framing must not leave bytes that could be taken for
@@ -384,19 +436,19 @@ fn service(
             // HTTP/2 frames its streams).
             let close = req.version() < Version::HTTP_2
                 && (has_body || req.headers().contains_key(http::header::TRANSFER_ENCODING));
-            let mut resp = match in_flight.try_acquire_owned() {
-                Ok(slot) => {
-                    if has_body {
-                        req.extensions_mut().insert(HasBody);
-                    }
-                    let timeout = gw.peek().config.server.request_timeout;
-                    let id = RequestId::from_headers(req.headers());
-                    let handler = crate::proxy::handle_with_id(gw.clone(), peer.ip(), req, &id);
-                    let resp = guarded(handler, timeout + REQUEST_TIMEOUT_SLACK, &id).await;
-                    drop(slot);
-                    resp
+            let mut slot = None;
+            let mut resp = if conn.admit(req.version(), &mut slot) {
+                if has_body {
+                    req.extensions_mut().insert(HasBody);
                 }
-                Err(_) => overloaded(&gw, &RequestId::from_headers(req.headers())),
+                let timeout = conn.gw.peek().config.server.request_timeout;
+                let id = RequestId::from_headers(req.headers());
+                let handler = crate::proxy::handle_with_id(&conn.gw, conn.peer.ip(), req, &id);
+                let resp = guarded(handler, timeout + REQUEST_TIMEOUT_SLACK, &id).await;
+                drop(slot);
+                resp
+            } else {
+                overloaded(&conn.gw, &RequestId::from_headers(req.headers()))
             };
             if close {
                 resp.headers_mut()
