@@ -59,7 +59,8 @@ struct Ctx<'g> {
     upstream: Option<Duration>,
     rate_limit: Option<RateLimitInfo>,
     /// The server span, when tracing is on.
-    trace: Option<ServerSpan>,
+    /// Boxed: a span is large, and without tracing the request's future carries only `None`.
+    trace: Option<Box<ServerSpan>>,
     /// When the request was handed over, on the monotonic clock and the wall clock: the one
     /// pair of clock reads that every step of the request shares (freshness, Age, key expiry,
     /// last-used times); the access line's time is `wall` + the latency.
@@ -95,7 +96,8 @@ pub(crate) async fn handle_with_id<B>(
     let trace = gw
         .telemetry
         .as_ref()
-        .and_then(|t| t.server_span(req.headers()));
+        .and_then(|t| t.server_span(req.headers()))
+        .map(Box::new);
     let mut ctx = Ctx {
         generation,
         gw,
@@ -125,7 +127,7 @@ pub(crate) async fn handle_with_id<B>(
     }
     record(&ctx, &req, &resp, request_id);
     if let Some(span) = ctx.trace.take() {
-        finish_trace(span, &ctx, &req, &resp, request_id);
+        finish_trace(*span, &ctx, &req, &resp, request_id);
     }
     resp
 }
@@ -413,7 +415,7 @@ fn record<B>(ctx: &Ctx<'_>, req: &Request<B>, resp: &Response<Bytes>, request_id
             cache,
             latency: elapsed,
             upstream: ctx.upstream,
-            trace_id: ctx.trace.as_ref().and_then(ServerSpan::trace_id),
+            trace_id: ctx.trace.as_ref().and_then(|s| s.trace_id()),
             time: ctx.wall + elapsed,
         });
     }

@@ -463,28 +463,38 @@ fn service(
 /// Runs a request handler so that a panic becomes 500 `internal` and a handler that outlives
 /// `timeout` becomes 504, instead of a dropped connection or a stuck one. A panic's message is
 /// not logged: it could quote request data.
-async fn guarded<F>(handler: F, timeout: Duration, id: &RequestId) -> Response<Bytes>
+///
+/// A combinator rather than an `async fn`: an `async fn` keeps its `handler` argument and the
+/// timeout future made from it side by side in its state, twice the handler's size copied per
+/// request; this holds the handler once.
+fn guarded<'a, F>(
+    handler: F,
+    timeout: Duration,
+    id: &'a RequestId,
+) -> impl Future<Output = Response<Bytes>> + 'a
 where
-    F: Future<Output = Response<Bytes>>,
+    F: Future<Output = Response<Bytes>> + 'a,
 {
-    match tokio::time::timeout(timeout, AssertUnwindSafe(handler).catch_unwind()).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(_)) => {
-            tracing::error!(
-                request_id = id.as_str(),
-                "request handler panicked; answered 500"
-            );
-            fallback_response(&GatewayError::Internal, id)
+    tokio::time::timeout(timeout, AssertUnwindSafe(handler).catch_unwind()).map(move |result| {
+        match result {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(_)) => {
+                tracing::error!(
+                    request_id = id.as_str(),
+                    "request handler panicked; answered 500"
+                );
+                fallback_response(&GatewayError::Internal, id)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    request_id = id.as_str(),
+                    timeout_ms = timeout.as_millis() as u64,
+                    "request outlived server.request_timeout; answered 504"
+                );
+                fallback_response(&GatewayError::UpstreamTimeout, id)
+            }
         }
-        Err(_) => {
-            tracing::warn!(
-                request_id = id.as_str(),
-                timeout_ms = timeout.as_millis() as u64,
-                "request outlived server.request_timeout; answered 504"
-            );
-            fallback_response(&GatewayError::UpstreamTimeout, id)
-        }
-    }
+    })
 }
 
 /// 503 without touching the pipeline: every in-flight slot is taken.
