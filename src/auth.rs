@@ -81,7 +81,8 @@ impl fmt::Debug for Credential<'_> {
 /// `Authorization` and `X-Api-Key`, or either twice, is malformed (ambiguous).
 pub fn credential(headers: &HeaderMap) -> Credential<'_> {
     let mut auth = headers.get_all(http::header::AUTHORIZATION).iter();
-    let mut xkey = headers.get_all("x-api-key").iter();
+    static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+    let mut xkey = headers.get_all(&X_API_KEY).iter();
     let (a, a2, x, x2) = (auth.next(), auth.next(), xkey.next(), xkey.next());
     match (a, a2, x, x2) {
         (None, _, None, _) => Credential::Missing,

@@ -23,14 +23,8 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, BadPath> {
     if !raw.starts_with('/') {
         return Err(BadPath);
     }
-    let bytes = raw.as_bytes();
     // Fast path: already canonical (the common case on the hot path) -> no allocation.
-    let simple = !raw.contains("//")
-        && !bytes
-            .iter()
-            .any(|b| matches!(b, b'%' | b'\\') || b.is_ascii_control())
-        && !raw.split('/').any(|s| s == "." || s == "..");
-    if simple {
+    if canonical(raw.as_bytes()) {
         return Ok(Cow::Borrowed(raw));
     }
     let decoded = percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>();
@@ -70,6 +64,31 @@ pub fn normalize(raw: &str) -> Result<Cow<'_, str>, BadPath> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// Whether `path` (starting with `/`) is already what [`normalize`] makes of it, in one pass:
+/// no `%`, `\\` or control byte, no empty segment but a trailing one (`//`), no `.` or `..`
+/// segment.
+fn canonical(path: &[u8]) -> bool {
+    let (mut len, mut dots) = (0usize, true);
+    let dot_segment = |len: usize, dots: bool| dots && (1..=2).contains(&len);
+    for &b in path.iter().skip(1) {
+        match b {
+            b'/' => {
+                if len == 0 || dot_segment(len, dots) {
+                    return false;
+                }
+                (len, dots) = (0, true);
+            }
+            b'%' | b'\\' => return false,
+            b if b.is_ascii_control() => return false,
+            b => {
+                len += 1;
+                dots &= b == b'.';
+            }
+        }
+    }
+    !dot_segment(len, dots)
 }
 
 /// Checks a configured route path: absolute, already canonical, plain ASCII, no query.
@@ -117,6 +136,34 @@ pub fn canonical_query(raw: Option<&str>) -> Result<Option<Box<str>>, BadPath> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast path's question, asked the obvious way (what it replaced).
+    fn canonical_reference(raw: &str) -> bool {
+        !raw.contains("//")
+            && !raw
+                .bytes()
+                .any(|b| matches!(b, b'%' | b'\\') || b.is_ascii_control())
+            && !raw.split('/').any(|s| s == "." || s == "..")
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_one_pass_check_agrees_with_the_obvious_one(
+            path in "/[a-z./%\\\\\x00\x7f]{0,12}"
+        ) {
+            proptest::prop_assert_eq!(canonical(path.as_bytes()), canonical_reference(&path), "{:?}", path);
+        }
+    }
+
+    #[test]
+    fn the_one_pass_check_on_edges() {
+        for p in [
+            "/", "//", "/a", "/a/", "/a//b", "/.", "/..", "/...", "/a/./b", "/a/../b", "/.a",
+            "/a.", "/a/..b", "/%2e", "/a\\b", "/a\u{7f}",
+        ] {
+            assert_eq!(canonical(p.as_bytes()), canonical_reference(p), "{p:?}");
+        }
+    }
 
     #[test]
     fn canonical_paths_are_borrowed() {

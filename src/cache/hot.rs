@@ -19,7 +19,6 @@
 //! "fresh", stale serving and fills stay in the store (`super`).
 
 use std::cell::RefCell;
-use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,15 +70,12 @@ fn same_profile(a: Option<&Arc<Profile>>, b: Option<&Arc<Profile>>) -> bool {
 }
 
 fn slot_of(store: u64, key: &CacheKey, profile: Option<&Arc<Profile>>) -> usize {
-    // A fixed-key hasher: the index only spreads keys over slots (a collision costs a store
-    // lookup, never a wrong answer: the slot's key is compared in full).
-    let mut h =
-        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
-            .build_hasher();
-    store.hash(&mut h);
-    key.hash(&mut h);
-    profile.map(Arc::as_ptr).hash(&mut h);
-    (h.finish() as usize) % SLOTS
+    // Only spreads keys over slots: a collision costs a store lookup, never a wrong answer
+    // (the slot's key is compared in full).
+    let profile = profile.map_or(0, |p| Arc::as_ptr(p) as usize as u64);
+    let h =
+        (key.quick_hash() ^ store.rotate_left(17) ^ profile).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 32) as usize % SLOTS
 }
 
 /// The thread's copy of (`key`, `profile`) of store `store`, if it was remembered under

@@ -42,7 +42,11 @@ impl ClientUsage {
     /// Counts an authenticated request at `now_ms` (Unix milliseconds).
     pub(crate) fn touch(&self, now_ms: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.last_seen.store(now_ms / 1000, Ordering::Relaxed);
+        // Written only when the second changes: every core reads the line, few write it.
+        let secs = now_ms / 1000;
+        if self.last_seen.load(Ordering::Relaxed) != secs {
+            self.last_seen.store(secs, Ordering::Relaxed);
+        }
     }
 }
 
@@ -69,7 +73,10 @@ impl KeyUsage {
     /// Counts a request authenticated with this key at `now_ms`.
     pub(crate) fn touch(&self, now_ms: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.last_used_ms.store(now_ms, Ordering::Relaxed);
+        // Written only when the millisecond changes (as `ClientUsage::touch`).
+        if self.last_used_ms.load(Ordering::Relaxed) != now_ms {
+            self.last_used_ms.store(now_ms, Ordering::Relaxed);
+        }
     }
 
     /// Counts a refusal of this (expired) key at `now_ms`; whether it should be logged.

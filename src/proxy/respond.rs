@@ -102,15 +102,78 @@ pub(crate) fn served<B>(
     h.insert(&X_CACHE, HeaderValue::from_static(status.as_str()));
     h.insert(
         header::AGE,
-        HeaderValue::from(now.saturating_duration_since(fetched_at).as_secs()),
+        number(now.saturating_duration_since(fetched_at).as_secs()),
     );
     h.insert(header::ETAG, rendered.etag);
-    h.insert(header::CACHE_CONTROL, cache_control(ttl_secs));
+    h.insert(header::CACHE_CONTROL, cached(ttl_secs, cache_control));
     h.insert(header::VARY, VARY);
     if head && !not_modified {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     }
     resp
+}
+
+/// Numbers below this have a header value made once (see [`number`]).
+const SMALL_NUMBERS: usize = 1024;
+
+/// `n` as a header value. Below [`SMALL_NUMBERS`] (ages, seconds to a reset, small limits) a
+/// copy of a value made once, over static bytes: no allocation, and a clone writes no
+/// reference count.
+pub(crate) fn number(n: u64) -> HeaderValue {
+    static TABLE: std::sync::LazyLock<Vec<HeaderValue>> = std::sync::LazyLock::new(|| {
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(SMALL_NUMBERS);
+        for i in 0..SMALL_NUMBERS {
+            text.push_str(itoa::Buffer::new().format(i));
+            ends.push(text.len());
+        }
+        // Made once per process and kept for its life.
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        let mut start = 0;
+        ends.into_iter()
+            .map(|end| {
+                let v = HeaderValue::from_static(&text[start..end]);
+                start = end;
+                v
+            })
+            .collect()
+    });
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| TABLE.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
+}
+
+/// What makes a header value of a number.
+pub(crate) type Maker = fn(u64) -> HeaderValue;
+
+/// `make(n)`, from a small per-thread table of the values made last: for values that repeat
+/// request after request (a route's `Cache-Control`, a client's limit), so a hit neither
+/// formats nor allocates them, and the clone's reference count is this thread's own.
+pub(crate) fn cached(n: u64, make: Maker) -> HeaderValue {
+    const KEEP: usize = 16;
+    thread_local! {
+        static MADE: std::cell::RefCell<Vec<(Maker, u64, HeaderValue)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    MADE.with(|m| {
+        let Ok(mut m) = m.try_borrow_mut() else {
+            return make(n);
+        };
+        if let Some((_, _, v)) = m
+            .iter()
+            .find(|(f, k, _)| *k == n && std::ptr::fn_addr_eq(*f, make))
+        {
+            return v.clone();
+        }
+        let v = make(n);
+        if m.len() == KEEP {
+            m.remove(0);
+        }
+        m.push((make, n, v.clone()));
+        v
+    })
 }
 
 /// `private, max-age=N` built on the stack (no heap formatting on the hit path).
@@ -136,9 +199,9 @@ fn etag_matches(header: &[u8], etag: &[u8]) -> bool {
 
 /// The `RateLimit-*` headers of one decision.
 pub(crate) fn rate_limit_headers(h: &mut HeaderMap, info: RateLimitInfo) {
-    h.insert(&RL_LIMIT, HeaderValue::from(info.limit));
-    h.insert(&RL_REMAINING, HeaderValue::from(info.remaining));
-    h.insert(&RL_RESET, HeaderValue::from(info.reset_secs));
+    h.insert(&RL_LIMIT, cached(info.limit.into(), number));
+    h.insert(&RL_REMAINING, number(info.remaining.into()));
+    h.insert(&RL_RESET, number(info.reset_secs));
 }
 
 #[cfg(test)]
@@ -162,6 +225,23 @@ mod tests {
             cache_control(u64::MAX),
             format!("private, max-age={}", u64::MAX)
         );
+    }
+
+    #[test]
+    fn numbers_and_cached_values_are_the_plain_ones() {
+        for n in [0u64, 1, 9, 10, 99, 1023, 1024, 1025, 999_999, u64::MAX] {
+            assert_eq!(number(n), HeaderValue::from(n), "{n}");
+            assert_eq!(cached(n, number), HeaderValue::from(n), "{n}");
+            assert_eq!(cached(n, cache_control), cache_control(n), "{n}");
+        }
+        // The per-thread table keeps the last ones made, one value per (maker, number).
+        for n in 0..100u64 {
+            assert_eq!(
+                cached(n % 20 + 5_000, number),
+                HeaderValue::from(n % 20 + 5_000)
+            );
+            assert_eq!(cached(n % 20, cache_control), cache_control(n % 20));
+        }
     }
 
     #[test]
