@@ -14,7 +14,6 @@
 
 #![allow(missing_docs)] // criterion_group! generates undocumented functions.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -47,8 +46,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("tokio runtime")
 }
 
-fn key_map(n: usize) -> HashMap<KeyHash, usize> {
-    let mut map: HashMap<KeyHash, usize> = (0..n)
+fn key_map(n: usize) -> gcore_gateway::auth::KeyMap<usize> {
+    let mut map: gcore_gateway::auth::KeyMap<usize> = (0..n)
         .map(|i| (KeyHash::of(format!("other-key-{i}").as_bytes()), i))
         .collect();
     map.insert(KeyHash::of(KEY_PLAIN.as_bytes()), n);

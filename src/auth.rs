@@ -9,13 +9,51 @@
 
 use std::fmt;
 
+use std::collections::HashMap;
+
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The SHA-256 of a caller key, as stored in `clients.keys` (`sha256:<64 hex>`).
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyHash(pub [u8; 32]);
+
+impl std::hash::Hash for KeyHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The first 8 bytes of a digest are as good a hash as any hasher would make of it.
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(prefix));
+    }
+}
+
+/// Caller-key hashes to what they open: the map is hashed by the digests' own first bytes
+/// ([`DigestHasher`]) instead of SipHash over 32 bytes per request. No flooding concern: the
+/// map is built from the config and only looked up by requests (a lookup's probe ends at the
+/// first empty group whatever hash a caller's key has).
+pub type KeyMap<V> = HashMap<KeyHash, V, std::hash::BuildHasherDefault<DigestHasher>>;
+
+/// The hasher of a [`KeyMap`]: passes a [`KeyHash`]'s prefix through (other input, which a
+/// `KeyMap` never hashes, is mixed FNV-style so the hasher stays a correct one).
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 ^= v;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -126,7 +164,7 @@ fn trim(mut v: &[u8]) -> &[u8] {
 
 /// Looks a plaintext key up among the configured hashes; returns what the map holds for it
 /// (the gateway's map holds the client and which of its keys).
-pub fn lookup<V: Copy>(keys: &std::collections::HashMap<KeyHash, V>, key: &[u8]) -> Option<V> {
+pub fn lookup<V: Copy>(keys: &KeyMap<V>, key: &[u8]) -> Option<V> {
     let hash = KeyHash::of(key);
     // The map finds the candidate by hash; the final equality is checked in constant time so
     // that no comparison in our code depends on how much of the hash matched.

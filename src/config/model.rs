@@ -228,7 +228,7 @@ pub struct Config {
     /// `[[clients]]`, in config order.
     pub clients: Vec<Arc<Client>>,
     /// Client and key by caller-key hash.
-    pub key_to_client: HashMap<KeyHash, KeyRef>,
+    pub key_to_client: crate::auth::KeyMap<KeyRef>,
 }
 
 /// Where account secrets come from: the process environment in production, a map in tests.

@@ -569,9 +569,9 @@ impl Validator<'_> {
         routes: &HashMap<Arc<str>, usize>,
         profiles: &HashMap<String, usize>,
         route_count: usize,
-    ) -> Result<Table<Client, KeyHash, KeyRef>, ConfigError> {
+    ) -> Result<(Vec<Arc<Client>>, crate::auth::KeyMap<KeyRef>), ConfigError> {
         let mut out = Vec::with_capacity(raw.len());
-        let mut keys = HashMap::new();
+        let mut keys = crate::auth::KeyMap::default();
         let mut names = HashSet::new();
         for (i, c) in raw.iter().enumerate() {
             let at = format!("clients[{i}]");

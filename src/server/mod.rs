@@ -443,7 +443,10 @@ fn service(
                 }
                 let timeout = conn.gw.peek().config.server.request_timeout;
                 let id = RequestId::from_headers(req.headers());
+                // Pinned where it is made: the wrappers around it (panic guard, timeout) hold
+                // a pointer, so the ~1 KB state is not moved through each of them.
                 let handler = crate::proxy::handle_with_id(&conn.gw, conn.peer.ip(), req, &id);
+                let handler = std::pin::pin!(handler);
                 let resp = guarded(handler, timeout + REQUEST_TIMEOUT_SLACK, &id).await;
                 drop(slot);
                 resp

@@ -316,7 +316,8 @@ proptest! {
     /// Lookup finds a client for its own key and for no other.
     #[test]
     fn lookup_matches_only_the_same_key(a in "[!-~]{1,64}", b in "[!-~]{1,64}") {
-        let keys = HashMap::from([(KeyHash::of(a.as_bytes()), 7usize)]);
+        let keys: gcore_gateway::auth::KeyMap<usize> =
+            [(KeyHash::of(a.as_bytes()), 7usize)].into_iter().collect();
         prop_assert_eq!(lookup(&keys, a.as_bytes()), Some(7));
         prop_assert_eq!(lookup(&keys, b.as_bytes()).is_some(), a == b);
         let shown = KeyHash::of(a.as_bytes()).to_string();
