@@ -14,7 +14,8 @@
 //! purge is never remembered as valid after it. The profile is compared by identity with an
 //! `Arc` the slot keeps, so an address can never be reused for another profile while a slot
 //! names it. Answers larger than [`MAX_BODY`] are not copied (the front's memory stays
-//! within `SLOTS × MAX_BODY` per thread); every [`TOUCH_EVERY`]th hit of a slot also reads the
+//! within `SLOTS × MAX_BODY` per thread), and an answer is copied the second time in a row it
+//! is a hit for its slot, so cycling through many keys copies nothing; every [`TOUCH_EVERY`]th hit of a slot also reads the
 //! store, so its eviction policy still sees which entries are hot. Deciding freshness beyond
 //! "fresh", stale serving and fills stay in the store (`super`).
 
@@ -59,6 +60,10 @@ struct Slot {
 
 thread_local! {
     static TABLE: RefCell<Vec<Option<Slot>>> = RefCell::new((0..SLOTS).map(|_| None).collect());
+    /// Per slot, the hash of the last answer offered to it: an answer is copied only when it
+    /// is offered twice in a row, so a thread cycling through more keys than it has slots
+    /// (many accounts) does not copy a body per request for slots it would lose at once.
+    static OFFERED: RefCell<Vec<u64>> = RefCell::new(vec![0; SLOTS]);
 }
 
 fn same_profile(a: Option<&Arc<Profile>>, b: Option<&Arc<Profile>>) -> bool {
@@ -69,13 +74,14 @@ fn same_profile(a: Option<&Arc<Profile>>, b: Option<&Arc<Profile>>) -> bool {
     }
 }
 
-fn slot_of(store: u64, key: &CacheKey, profile: Option<&Arc<Profile>>) -> usize {
+/// The slot of (`store`, `key`, `profile`), and a non-zero tag of the three.
+fn slot_of(store: u64, key: &CacheKey, profile: Option<&Arc<Profile>>) -> (usize, u64) {
     // Only spreads keys over slots: a collision costs a store lookup, never a wrong answer
     // (the slot's key is compared in full).
     let profile = profile.map_or(0, |p| Arc::as_ptr(p) as usize as u64);
     let h =
         (key.quick_hash() ^ store.rotate_left(17) ^ profile).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (h >> 32) as usize % SLOTS
+    ((h >> 32) as usize % SLOTS, h | 1)
 }
 
 /// The thread's copy of (`key`, `profile`) of store `store`, if it was remembered under
@@ -88,7 +94,7 @@ pub(crate) fn get(
     now: Instant,
     ttl: Duration,
 ) -> Option<HotHit> {
-    let i = slot_of(store, key, profile);
+    let (i, _) = slot_of(store, key, profile);
     TABLE.with(|t| {
         let mut t = t.try_borrow_mut().ok()?;
         let slot = t.get_mut(i)?.as_mut()?;
@@ -110,7 +116,8 @@ pub(crate) fn get(
 }
 
 /// Remembers `rendered` (a fresh hit of the store, read after the store's epoch was `epoch`)
-/// for (`key`, `profile`) in this thread's table, as this thread's own copy.
+/// for (`key`, `profile`) in this thread's table, as this thread's own copy, the second time
+/// in a row it is offered for its slot ([`OFFERED`]).
 pub(crate) fn remember(
     store: u64,
     epoch: u64,
@@ -122,7 +129,23 @@ pub(crate) fn remember(
     if rendered.body.len() > MAX_BODY {
         return;
     }
-    let i = slot_of(store, key, profile);
+    let (i, tag) = slot_of(store, key, profile);
+    let twice = OFFERED.with(|o| {
+        let Ok(mut o) = o.try_borrow_mut() else {
+            return false;
+        };
+        match o.get_mut(i) {
+            Some(last) if *last == tag => true,
+            Some(last) => {
+                *last = tag;
+                false
+            }
+            None => false,
+        }
+    });
+    if !twice {
+        return;
+    }
     TABLE.with(|t| {
         let Ok(mut t) = t.try_borrow_mut() else {
             return;

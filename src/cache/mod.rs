@@ -381,6 +381,8 @@ mod tests {
         let store = CacheStore::<Failed>::new(1 << 20);
         let key = CacheKey::new("A".into(), 1, "/r".into(), None);
         store.insert(key.clone(), entry(Instant::now(), b"{\"v\":1}"));
+        // Copied the second time in a row it is a hit, served from the copy after that.
+        assert_eq!(serve(&store, &key, None).unwrap().0, "store");
         assert_eq!(serve(&store, &key, None).unwrap().0, "store");
         let (from, body) = serve(&store, &key, None).unwrap();
         assert_eq!((from, &body[..]), ("front", &b"{\"v\":1}"[..]));
@@ -393,6 +395,7 @@ mod tests {
         store.insert(key.clone(), entry(Instant::now(), b"{\"v\":2}"));
         let (from, body) = serve(&store, &key, None).unwrap();
         assert_eq!((from, &body[..]), ("store", &b"{\"v\":2}"[..]));
+        serve(&store, &key, None);
         assert_eq!(serve(&store, &key, None).unwrap().0, "front");
         // Every kind of purge, and a reload, forget the front's copies.
         for forget in [
@@ -403,6 +406,7 @@ mod tests {
         ] {
             store.insert(key.clone(), entry(Instant::now(), b"{\"v\":3}"));
             serve(&store, &key, None);
+            serve(&store, &key, None);
             assert_eq!(serve(&store, &key, None).unwrap().0, "front");
             forget(&store);
             let after = serve(&store, &key, None).map(|h| h.0);
@@ -411,6 +415,8 @@ mod tests {
         // Freshness is the caller's TTL: an old copy is not served from the front.
         store.insert(key.clone(), entry(Instant::now(), b"{\"v\":4}"));
         serve(&store, &key, None);
+        serve(&store, &key, None);
+        assert_eq!(serve(&store, &key, None).unwrap().0, "front");
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(serve(&store, &key, None).is_none());
     }
@@ -445,12 +451,15 @@ mod tests {
         store.insert(key.clone(), entry(Instant::now(), b"{\"x\":1,\"y\":2}"));
         let (p, same_spec) = (profile(), profile());
         assert_eq!(serve(&store, &key, Some(&p)).unwrap().0, "store");
+        assert_eq!(serve(&store, &key, Some(&p)).unwrap().0, "store");
         let (from, body) = serve(&store, &key, Some(&p)).unwrap();
         assert_eq!((from, &body[..]), ("front", &b"{\"y\":2}"[..]));
         // Unprofiled callers and another profile (even with the same spec) are not served p's.
         let (from, body) = serve(&store, &key, None).unwrap();
         assert_eq!((from, &body[..]), ("store", &b"{\"x\":1,\"y\":2}"[..]));
+        // (Its first request: what the front holds is p's copy, never served for it.)
         assert_ne!(serve(&store, &key, Some(&same_spec)).unwrap().0, "front");
+        assert_eq!(serve(&store, &key, Some(&p)).unwrap().0, "front");
         // An answer beyond the front's bound is always served from the store.
         let big = format!("{{\"x\":\"{}\"}}", "a".repeat(hot::MAX_BODY));
         let big_key = CacheKey::new("B".into(), 1, "/r".into(), None);
@@ -465,5 +474,29 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(serve(&store, &big_key, None).unwrap().0, "store");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_that_take_turns_at_a_slot_are_never_copied() {
+        let store = CacheStore::<Failed>::new(1 << 24);
+        // More keys than slots, each a fresh hit in turn: none is ever offered twice in a row
+        // to its slot, so none is served from the front.
+        let keys: Vec<CacheKey> = (0..hot::SLOTS * 4)
+            .map(|i| CacheKey::new(format!("A{i}").into(), 1, "/r".into(), None))
+            .collect();
+        for k in &keys {
+            store.insert(k.clone(), entry(Instant::now(), b"{}"));
+        }
+        let mut from_front = 0;
+        for _ in 0..3 {
+            for k in &keys {
+                from_front += usize::from(serve(&store, k, None).unwrap().0 == "front");
+            }
+        }
+        assert!(
+            from_front < keys.len() / 4,
+            "{from_front} of {} from the front",
+            keys.len() * 3
+        );
     }
 }
