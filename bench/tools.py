@@ -371,6 +371,25 @@ def report(out):
                 eff.append(f"{a} / {b} = {cpu_eff[(scen, a)] / cpu_eff[(scen, b)]:.3f}")
         if eff:
             lines += ["Requests per CPU-second, ratios: " + "; ".join(eff) + ".", ""]
+        # Paired: the ratio within each round (systems of one round ran seconds apart), then
+        # the median over rounds; steadier than a ratio of medians on a host whose speed drifts.
+        paired = []
+        pairs = [("gateway", o) for o in ("bare-hyper", "nginx-1w", "nginx-2w", "varnish", "gateway-baseline")]
+        pairs += [("gateway-minimal", "gateway"), ("gateway-accesslog", "gateway"),
+                  ("gateway-baseline-accesslog", "gateway-baseline"), ("gateway-accesslog", "gateway-baseline-accesslog")]
+        for a_sys, b_sys in pairs:
+            ra, rb = systems.get(a_sys), systems.get(b_sys)
+            if not ra or not rb:
+                continue
+            rps = [x["rps"] / y["rps"] for x, y in zip(ra, rb) if x["rps"] and y["rps"]]
+            cpu = [y["cpu_us"] / x["cpu_us"] for x, y in zip(ra, rb) if x["cpu_us"] and y["cpu_us"]]
+            if rps:
+                text = f"{a_sys} / {b_sys} = {statistics.median(rps):.3f} req/s"
+                if cpu:
+                    text += f", {statistics.median(cpu):.3f} req per CPU-s"
+                paired.append(text)
+        if paired:
+            lines += ["Paired per round (median of the rounds' ratios): " + "; ".join(paired) + ".", ""]
 
     if rss_rows:
         lines.append("### Memory (VmHWM = peak RSS, VmRSS = RSS at that moment; summed over a system's processes)")
