@@ -83,8 +83,8 @@ pub(crate) fn write(line: &Line<'_>) {
     thread_local! {
         static LOCAL: RefCell<Local> = RefCell::new(Local {
             scratch: Vec::with_capacity(512),
-            clock: SecondsText::default(),
-            ip: IpText::default(),
+            clock: seconds_text(),
+            ip: ip_text(),
             shard: None,
         });
     }
@@ -109,43 +109,51 @@ pub(crate) fn write(line: &Line<'_>) {
     });
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` of one Unix second, formatted when the second changes.
-#[derive(Default)]
-struct SecondsText {
-    secs: Option<u64>,
+/// The text of the last value formatted, formatted again only when the value changes: the
+/// second of the timestamp, the client address (callers repeat).
+struct LastText<K> {
+    last: Option<K>,
     text: Vec<u8>,
+    format: fn(&mut Vec<u8>, K),
 }
 
-impl SecondsText {
-    fn of(&mut self, secs: u64) -> &[u8] {
-        if self.secs != Some(secs) {
+impl<K: Copy + PartialEq> LastText<K> {
+    fn new(format: fn(&mut Vec<u8>, K)) -> LastText<K> {
+        LastText {
+            last: None,
+            text: Vec::new(),
+            format,
+        }
+    }
+
+    fn of(&mut self, k: K) -> &[u8] {
+        if self.last != Some(k) {
             self.text.clear();
-            let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
-            // "YYYY-MM-DDTHH:MM:SSZ" without its "Z".
-            let _ = write!(self.text, "{}", humantime::format_rfc3339_seconds(at));
-            self.text.pop();
-            self.secs = Some(secs);
+            (self.format)(&mut self.text, k);
+            self.last = Some(k);
         }
         &self.text
     }
 }
 
-/// The text of the last client address seen on this thread (callers repeat).
-#[derive(Default)]
-struct IpText {
-    ip: Option<IpAddr>,
-    text: Vec<u8>,
+/// `YYYY-MM-DDTHH:MM:SS` of one Unix second.
+type SecondsText = LastText<u64>;
+/// A client address.
+type IpText = LastText<IpAddr>;
+
+fn seconds_text() -> SecondsText {
+    LastText::new(|text, secs| {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        // "YYYY-MM-DDTHH:MM:SSZ" without its "Z".
+        let _ = write!(text, "{}", humantime::format_rfc3339_seconds(at));
+        text.pop();
+    })
 }
 
-impl IpText {
-    fn of(&mut self, ip: IpAddr) -> &[u8] {
-        if self.ip != Some(ip) {
-            self.text.clear();
-            let _ = write!(self.text, "{ip}");
-            self.ip = Some(ip);
-        }
-        &self.text
-    }
+fn ip_text() -> IpText {
+    LastText::new(|text, ip| {
+        let _ = write!(text, "{ip}");
+    })
 }
 
 fn encode(buf: &mut Vec<u8>, l: &Line<'_>, clock: &mut SecondsText, ip: &mut IpText) {
@@ -399,18 +407,13 @@ mod tests {
     fn encoded(l: &Line<'_>, at: SystemTime) -> Vec<u8> {
         let mut buf = Vec::new();
         let l = Line { time: at, ..*l };
-        encode(
-            &mut buf,
-            &l,
-            &mut SecondsText::default(),
-            &mut IpText::default(),
-        );
+        encode(&mut buf, &l, &mut seconds_text(), &mut ip_text());
         buf
     }
 
     #[test]
     fn timestamps_and_addresses_are_reformatted_when_they_change() {
-        let (mut clock, mut ip) = (SecondsText::default(), IpText::default());
+        let (mut clock, mut ip) = (seconds_text(), ip_text());
         let mut l = line();
         let mut at = |secs: u64, micros: u32, l: &Line<'_>| {
             let mut buf = Vec::new();

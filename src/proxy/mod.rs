@@ -1,7 +1,9 @@
 //! The caller-facing request handler: the pipeline, top to bottom.
 //!
 //! client address → shape → authenticate → rate limit → route → cache (or [`miss`]) → redact →
-//! respond. The client address is the TCP peer, or behind `server.trusted_proxies` the
+//! respond. At the cache step a fresh answer this thread served before comes from the thread's
+//! own ready copy (the cache's front, `cache::hot`), which skips the store and the redaction
+//! lookup; anything else goes the long way. The client address is the TCP peer, or behind `server.trusted_proxies` the
 //! forwarded one (`forwarded`); it is what the failed-auth throttle counts and the access log
 //! names. Each step is a call into the room that owns it, walking one request context
 //! ([`Ctx`]) that collects what the access log and metrics need. Rooms here: [`shape`] (refusals before any
