@@ -790,6 +790,47 @@ async fn h2c_prior_knowledge_is_served_and_get_bodies_refused() {
     gw.stop().await;
 }
 
+/// The protocol is chosen from the first bytes, however they are split into segments: the
+/// HTTP/2 preface sent a byte at a time is h2c (the server answers with its SETTINGS frame),
+/// an HTTP/1.1 request whose first byte could start the preface is HTTP/1.1, and a caller that
+/// stops inside `PRI` is cut by the head timeout.
+#[tokio::test]
+async fn the_protocol_is_chosen_from_the_first_bytes_however_they_arrive() {
+    let up = FakeUpstream::start().await;
+    let gw = Harness::start(&server_settings(
+        config(&up.url(), ""),
+        "header_read_timeout = \"1s\"",
+    ))
+    .await;
+    // The preface in pieces, then an empty SETTINGS frame.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    for piece in [&b"P"[..], b"R", b"I", b" * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
+        s.write_all(piece).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut head))
+        .await
+        .expect("an HTTP/2 answer")
+        .unwrap();
+    assert_eq!(head[3], 4, "the server's first frame is SETTINGS: {head:?}");
+    // "P" then the rest of a POST: HTTP/1.1 (refused as a method, with an HTTP/1.1 answer).
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"P").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    s.write_all(b"OST /iam/clients/me HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await, 401);
+    // Stalled inside "PRI": closed by the head timeout, nothing sent upstream.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"PR").await.unwrap();
+    closed_within(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(up.calls(), 0);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_cap_answers_503_at_once() {
     let up = FakeUpstream::start().await;
