@@ -10,11 +10,11 @@
 //!
 //! | room | owns |
 //! |---|---|
-//! | `server` | sockets, connection limits, watchdog, panic guard, signals, shutdown |
+//! | `server` | sockets, the protocol of each connection, connection limits, watchdog, panic guard, signals, shutdown |
 //! | `admin` | the admin listener: health, metrics, purge, reload, usage views |
 //! | [`proxy`] | the request pipeline (shape → auth → limit → route → cache/miss → redact → respond), the miss path, the access log |
 //! | `gateway` | [`Gateway`]: the current config generation behind `ArcSwap`, reload |
-//! | `cache` | moka store, cache keys, entries and renders, single-flight, the L2 value format |
+//! | `cache` | moka store, the per-thread front of repeated hits, cache keys, entries and renders, single-flight, the L2 value format |
 //! | `rate_limit` | per-client GCRA (local or shared), failed-auth throttle, upstream budget |
 //! | `redis` | the Redis connection, its up/down window, L2/lock/purge operations |
 //! | `telemetry` | OpenTelemetry: server, fill and upstream-attempt spans, links, bounded OTLP/HTTP export |
