@@ -75,8 +75,12 @@ for bin in "$@"; do
 	wait "$pid" 2>/dev/null || true
 	n=$(awk '/requests in/{print $1}' "$OUT/wrk.txt")
 	# The dump made after zeroing (the last part file) holds exactly the measured requests.
-	ir=$(for f in "$OUT"/cg."$pid"*; do grep -h '^summary:' "$f" | awk '{print $2}'; done | tail -1)
+	parts=("$OUT"/cg."$pid"*)
+	ir=$(grep -h '^summary:' "${parts[-1]}" | awk '{print $2}')
 	python3 -c 'import sys; ir, n, b = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]; print(f"{ir / n:10.0f} Ir/request  {n:7d} requests  {b}")' "$ir" "$n" "$bin"
-	if [[ -n ${KEEP:-} ]]; then cp "$(ls "$OUT"/cg."$pid"* | sort | tail -1)" "$KEEP.$(basename "$bin")"; fi
+	if [[ -n ${KEEP:-} ]]; then
+		parts=("$OUT"/cg."$pid"*)
+		cp "${parts[-1]}" "$KEEP.$(basename "$bin")"
+	fi
 	rm -f "$OUT"/cg."$pid"*
 done
