@@ -97,7 +97,13 @@ pub(crate) fn get(
     let (i, _) = slot_of(store, key, profile);
     TABLE.with(|t| {
         let mut t = t.try_borrow_mut().ok()?;
-        let slot = t.get_mut(i)?.as_mut()?;
+        let cell = t.get_mut(i)?;
+        let slot = cell.as_mut()?;
+        if slot.store == store && slot.epoch != epoch {
+            // Never servable again: let the copy (and its profile and names) go now.
+            *cell = None;
+            return None;
+        }
         if slot.store != store
             || slot.epoch != epoch
             || !same_profile(slot.profile.as_ref(), profile)

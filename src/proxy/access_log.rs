@@ -234,9 +234,13 @@ impl Shard {
     }
 
     /// Swaps the queued lines into `spare` (emptied before): they are the caller's to write.
-    fn take(&self, spare: &mut Vec<u8>) {
+    /// `writing` is set to their length before the queue's lock is let go, so the bytes are
+    /// never counted nowhere ([`Sink::queued`] reads the queues, then `writing`).
+    fn take(&self, spare: &mut Vec<u8>, writing: &AtomicUsize) {
         spare.clear();
-        std::mem::swap(&mut *self.buf.lock(), spare);
+        let mut buf = self.buf.lock();
+        std::mem::swap(&mut *buf, spare);
+        writing.store(spare.len(), Ordering::Release);
     }
 
     fn len(&self) -> usize {
@@ -284,16 +288,15 @@ impl Sink {
         };
         let mut wrote = 0;
         for shard in shards {
-            shard.take(spare);
+            shard.take(spare, &self.writing);
             let n = spare.len();
             if n > 0 {
-                self.writing.store(n, Ordering::Release);
                 // A failed write (stderr closed) loses these lines; the bound still holds.
                 let _ = out.write_all(spare);
                 let _ = out.flush();
-                self.writing.store(0, Ordering::Release);
                 wrote += n;
             }
+            self.writing.store(0, Ordering::Release);
         }
         wrote
     }

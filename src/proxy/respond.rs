@@ -105,7 +105,7 @@ pub(crate) fn served<B>(
         number(now.saturating_duration_since(fetched_at).as_secs()),
     );
     h.insert(header::ETAG, rendered.etag);
-    h.insert(header::CACHE_CONTROL, cached(ttl_secs, cache_control));
+    h.insert(header::CACHE_CONTROL, cached(ttl_secs, Made::CacheControl));
     h.insert(header::VARY, VARY);
     if head && !not_modified {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -145,33 +145,45 @@ pub(crate) fn number(n: u64) -> HeaderValue {
         .unwrap_or_else(|| HeaderValue::from(n))
 }
 
-/// What makes a header value of a number.
-pub(crate) type Maker = fn(u64) -> HeaderValue;
+/// The values [`cached`] keeps: which header a number is made into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Made {
+    /// `private, max-age=N` ([`cache_control`]).
+    CacheControl,
+    /// The number itself ([`number`]).
+    Number,
+}
 
-/// `make(n)`, from a small per-thread table of the values made last: for values that repeat
-/// request after request (a route's `Cache-Control`, a client's limit), so a hit neither
-/// formats nor allocates them, and the clone's reference count is this thread's own.
-pub(crate) fn cached(n: u64, make: Maker) -> HeaderValue {
+impl Made {
+    fn make(self, n: u64) -> HeaderValue {
+        match self {
+            Made::CacheControl => cache_control(n),
+            Made::Number => number(n),
+        }
+    }
+}
+
+/// The `kind` value of `n`, from a small per-thread table of the values made last: for values
+/// that repeat request after request (a route's `Cache-Control`, a client's limit), so a hit
+/// neither formats nor allocates them, and the clone's reference count is this thread's own.
+pub(crate) fn cached(n: u64, kind: Made) -> HeaderValue {
     const KEEP: usize = 16;
     thread_local! {
-        static MADE: std::cell::RefCell<Vec<(Maker, u64, HeaderValue)>> =
+        static MADE: std::cell::RefCell<Vec<(Made, u64, HeaderValue)>> =
             const { std::cell::RefCell::new(Vec::new()) };
     }
     MADE.with(|m| {
         let Ok(mut m) = m.try_borrow_mut() else {
-            return make(n);
+            return kind.make(n);
         };
-        if let Some((_, _, v)) = m
-            .iter()
-            .find(|(f, k, _)| *k == n && std::ptr::fn_addr_eq(*f, make))
-        {
+        if let Some((_, _, v)) = m.iter().find(|(k, num, _)| *k == kind && *num == n) {
             return v.clone();
         }
-        let v = make(n);
+        let v = kind.make(n);
         if m.len() == KEEP {
             m.remove(0);
         }
-        m.push((make, n, v.clone()));
+        m.push((kind, n, v.clone()));
         v
     })
 }
@@ -199,7 +211,7 @@ fn etag_matches(header: &[u8], etag: &[u8]) -> bool {
 
 /// The `RateLimit-*` headers of one decision.
 pub(crate) fn rate_limit_headers(h: &mut HeaderMap, info: RateLimitInfo) {
-    h.insert(&RL_LIMIT, cached(info.limit.into(), number));
+    h.insert(&RL_LIMIT, cached(info.limit.into(), Made::Number));
     h.insert(&RL_REMAINING, number(info.remaining.into()));
     h.insert(&RL_RESET, number(info.reset_secs));
 }
@@ -231,16 +243,16 @@ mod tests {
     fn numbers_and_cached_values_are_the_plain_ones() {
         for n in [0u64, 1, 9, 10, 99, 1023, 1024, 1025, 999_999, u64::MAX] {
             assert_eq!(number(n), HeaderValue::from(n), "{n}");
-            assert_eq!(cached(n, number), HeaderValue::from(n), "{n}");
-            assert_eq!(cached(n, cache_control), cache_control(n), "{n}");
+            assert_eq!(cached(n, Made::Number), HeaderValue::from(n), "{n}");
+            assert_eq!(cached(n, Made::CacheControl), cache_control(n), "{n}");
         }
-        // The per-thread table keeps the last ones made, one value per (maker, number).
+        // The per-thread table keeps the last ones made, one value per (kind, number).
         for n in 0..100u64 {
             assert_eq!(
-                cached(n % 20 + 5_000, number),
+                cached(n % 20 + 5_000, Made::Number),
                 HeaderValue::from(n % 20 + 5_000)
             );
-            assert_eq!(cached(n % 20, cache_control), cache_control(n % 20));
+            assert_eq!(cached(n % 20, Made::CacheControl), cache_control(n % 20));
         }
     }
 

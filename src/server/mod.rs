@@ -18,9 +18,9 @@
 //! * the TLS setup of the generation current at accept (a reload changes what new handshakes
 //!   present; an open connection keeps its own).
 //!
-//! Around every request: a slot of the in-flight cap taken without waiting (none free → 503 at
-//! once; an HTTP/1.1 connection takes one slot with its first request and keeps it, as it
-//! carries one request at a time), a `HasBody` marker so that `proxy` can refuse GET/HEAD bodies (bodies are never
+//! Around every request: for an HTTP/2 stream, a slot of the in-flight cap taken without
+//! waiting (none free → 503 at once; an HTTP/1.1 connection carries one request at a time, so
+//! `max_connections` bounds those and they take no slot), a `HasBody` marker so that `proxy` can refuse GET/HEAD bodies (bodies are never
 //! read, so never forwarded), the request id (taken here, so every answer carries it), a
 //! panic guard (500 `internal`, the process keeps serving) and a `server.request_timeout`
 //! backstop. The guard is a `catch_unwind` around the handler future rather than
@@ -93,8 +93,9 @@ pub struct Limits {
     pub keep_alive_timeout: Duration,
     /// Open caller connections at most.
     pub max_connections: usize,
-    /// Requests being handled at once, over all connections (HTTP/2 multiplexes many per
-    /// connection). Equal to `max_connections`: one per HTTP/1.1 connection at most.
+    /// HTTP/2 streams being handled at once, over all connections (HTTP/2 multiplexes many per
+    /// connection; an HTTP/1.1 connection carries one request at a time, bounded by
+    /// `max_connections`). Equal to `max_connections`.
     pub max_in_flight: usize,
     /// Request head size limit (431 beyond).
     pub max_header_bytes: usize,
@@ -368,32 +369,21 @@ struct Conn {
     peer: SocketAddr,
     clock: Arc<ConnClock>,
     in_flight: Arc<Semaphore>,
-    /// An HTTP/1.1 connection's in-flight slot: taken by its first request and kept until the
-    /// connection closes (HTTP/1.1 carries one request at a time, so one slot covers every
-    /// request, and the in-flight semaphore is not touched per request). HTTP/2 streams take
-    /// a slot each.
-    h1_slot: std::sync::OnceLock<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Conn {
-    /// Whether a request of `version` may be handled now: false when every in-flight slot is
-    /// taken. The slot of an HTTP/2 stream comes back in `stream_slot`.
+    /// Whether a request of `version` may be handled now. An HTTP/2 stream takes a slot of the
+    /// in-flight cap (none free: false); its slot comes back in `stream_slot`. An HTTP/1.1
+    /// connection carries one request at a time, so `max_connections` already bounds those:
+    /// they take no slot, and the shared semaphore is not written per request (nor held by an
+    /// idle keep-alive connection).
     fn admit(
         &self,
         version: Version,
         stream_slot: &mut Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> bool {
         if version < Version::HTTP_2 {
-            if self.h1_slot.get().is_some() {
-                return true;
-            }
-            return match self.in_flight.clone().try_acquire_owned() {
-                Ok(p) => {
-                    let _ = self.h1_slot.set(p);
-                    true
-                }
-                Err(_) => false,
-            };
+            return true;
         }
         match self.in_flight.clone().try_acquire_owned() {
             Ok(p) => {
@@ -423,7 +413,6 @@ fn service(
         peer,
         clock,
         in_flight,
-        h1_slot: std::sync::OnceLock::new(),
     });
     hyper::service::service_fn(move |mut req: Request<Incoming>| {
         // Taken when hyper hands the request over, so the watchdog stops counting at once.

@@ -9,9 +9,9 @@
 //!
 //! Also here: which protocol a connection speaks ([`protocol`]), decided once per connection so
 //! that no sniffing layer sits under every read. Over TLS it is the ALPN result (`h2`, else
-//! HTTP/1.1); in plain text, a peek at the first bytes: the start of the HTTP/2 connection
-//! preface (`PRI `) means prior-knowledge h2c, anything else HTTP/1.1 (the peeked bytes stay in
-//! the socket for hyper).
+//! HTTP/1.1); in plain text, a peek at the first bytes: the HTTP/2 connection preface means
+//! prior-knowledge h2c, anything else HTTP/1.1 (decided at the first byte that differs; the
+//! peeked bytes stay in the socket for hyper).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -78,13 +78,10 @@ pub(super) enum Protocol {
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4): a prior-knowledge h2c client's first bytes.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Bytes of the preface that decide for HTTP/2: `PRI ` starts no HTTP/1.1 request hyper would
-/// serve (a method `PRI` with version `HTTP/2.0` is refused), and hyper's HTTP/2 side checks the
-/// rest of the preface itself.
-const H2_DECIDES: usize = 4;
-/// While fewer bytes than that have come and all match, the first wait before peeking again
-/// (a peek returns at once while any byte is buffered), doubling up to [`SNIFF_RETRY_MAX`]: a
-/// caller that stalls inside `PRI` costs a few wake-ups a second until its head timeout.
+/// While the first bytes are a strict prefix of the preface, the first wait before peeking
+/// again (a peek returns at once while any byte is buffered), doubling up to
+/// [`SNIFF_RETRY_MAX`]: a caller that stalls inside the preface costs a few wake-ups a second
+/// until its head timeout.
 const SNIFF_RETRY: Duration = Duration::from_millis(1);
 const SNIFF_RETRY_MAX: Duration = Duration::from_millis(64);
 
@@ -115,7 +112,7 @@ pub(super) async fn protocol(
 
 /// Peeks at the first bytes of a plain connection until they tell HTTP/1.1 from h2c.
 async fn sniff(tcp: &TcpStream) -> Option<Protocol> {
-    let mut buf = [0u8; H2_DECIDES];
+    let mut buf = [0u8; H2_PREFACE.len()];
     let mut wait = SNIFF_RETRY;
     loop {
         let n = tcp.peek(&mut buf).await.ok()?;
@@ -125,7 +122,7 @@ async fn sniff(tcp: &TcpStream) -> Option<Protocol> {
         if buf[..n] != H2_PREFACE[..n] {
             return Some(Protocol::Http1);
         }
-        if n == H2_DECIDES {
+        if n == H2_PREFACE.len() {
             return Some(Protocol::Http2);
         }
         tokio::time::sleep(wait).await;

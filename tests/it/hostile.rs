@@ -815,6 +815,16 @@ async fn the_protocol_is_chosen_from_the_first_bytes_however_they_arrive() {
         .expect("an HTTP/2 answer")
         .unwrap();
     assert_eq!(head[3], 4, "the server's first frame is SETTINGS: {head:?}");
+    // A request that starts like the preface but is HTTP/1.1 gets an HTTP/1.1 answer.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"PRI /iam/clients/me HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let status = read_response(&mut s).await;
+    assert!(
+        (400..500).contains(&status),
+        "an HTTP/1.1 answer, got {status}"
+    );
     // "P" then the rest of a POST: HTTP/1.1 (refused as a method, with an HTTP/1.1 answer).
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"P").await.unwrap();
@@ -881,6 +891,51 @@ async fn in_flight_cap_answers_503_at_once() {
     }
     assert_eq!((ok, overloaded), (2, 8));
     assert_eq!(up.calls(), 1, "the two admitted requests coalesce");
+    gw.stop().await;
+}
+
+/// An idle HTTP/1.1 keep-alive connection holds no in-flight slot: with `max_connections = 2`,
+/// one idle HTTP/1.1 connection and one HTTP/2 connection, the HTTP/2 connection still gets
+/// both slots for concurrent streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http1_connection_holds_no_in_flight_slot() {
+    let up = FakeUpstream::start().await;
+    let gw = Harness::start(&server_settings(
+        config(&up.url(), ""),
+        "max_connections = 2",
+    ))
+    .await;
+    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
+    idle.write_all(request_401()).await.unwrap();
+    assert_eq!(read_response(&mut idle).await, 401);
+    // `idle` stays open and idle from here.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(gw.url("/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), 401); // connection established
+    up.set_delay(Duration::from_millis(500));
+    let reqs: Vec<_> = (0..2)
+        .map(|_| {
+            let (h2, url) = (h2.clone(), gw.url(ME));
+            tokio::spawn(async move {
+                h2.get(url)
+                    .header("authorization", format!("APIKey {KEY_ALPHA}"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    for r in reqs {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    // And the idle connection still serves its next request.
+    idle.write_all(request_401()).await.unwrap();
+    assert_eq!(read_response(&mut idle).await, 401);
     gw.stop().await;
 }
 
