@@ -650,17 +650,37 @@ fn request_401() -> &'static [u8] {
     b"GET /iam/clients/me HTTP/1.1\r\nHost: gw.test\r\n\r\n"
 }
 
-#[tokio::test]
-async fn idle_keep_alive_connections_close_after_keep_alive_timeout() {
+/// A fake upstream and a gateway in front of it with these `[server]` lines.
+async fn gateway_with(server_lines: &str) -> (Arc<FakeUpstream>, Harness) {
     let up = FakeUpstream::start().await;
-    let gw = Harness::start(&server_settings(
-        config(&up.url(), ""),
-        "header_read_timeout = \"60s\"\nkeep_alive_timeout = \"1s\"",
-    ))
-    .await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let gw = Harness::start(&server_settings(config(&up.url(), ""), server_lines)).await;
+    (up, gw)
+}
+
+/// An h2c client with its connection to `gw` established (one 401 answered).
+async fn h2c_connected(gw: &Harness) -> reqwest::Client {
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(gw.url("/nowhere")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    h2
+}
+
+/// A connection that has had one request answered (401) and is now idle.
+async fn served_connection(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request_401()).await.unwrap();
     assert_eq!(read_response(&mut s).await, 401);
+    s
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_close_after_keep_alive_timeout() {
+    let (_up, gw) =
+        gateway_with("header_read_timeout = \"60s\"\nkeep_alive_timeout = \"1s\"").await;
+    let mut s = served_connection(gw.addr).await;
     // Idle from here: closed after ~1 s, far before the 60 s header timeout.
     closed_within(&mut s, Duration::from_secs(20)).await;
     gw.stop().await;
@@ -668,15 +688,9 @@ async fn idle_keep_alive_connections_close_after_keep_alive_timeout() {
 
 #[tokio::test]
 async fn idle_connections_outlive_the_header_read_timeout() {
-    let up = FakeUpstream::start().await;
-    let gw = Harness::start(&server_settings(
-        config(&up.url(), ""),
-        "header_read_timeout = \"1s\"\nkeep_alive_timeout = \"60s\"",
-    ))
-    .await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(request_401()).await.unwrap();
-    assert_eq!(read_response(&mut s).await, 401);
+    let (_up, gw) =
+        gateway_with("header_read_timeout = \"1s\"\nkeep_alive_timeout = \"60s\"").await;
+    let mut s = served_connection(gw.addr).await;
     // Idle for well over the header timeout: still open, and serves the next request.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     s.write_all(request_401()).await.unwrap();
@@ -691,12 +705,7 @@ async fn idle_connections_outlive_the_header_read_timeout() {
 
 #[tokio::test]
 async fn silent_and_slow_heads_are_cut_by_the_header_read_timeout() {
-    let up = FakeUpstream::start().await;
-    let gw = Harness::start(&server_settings(
-        config(&up.url(), ""),
-        "header_read_timeout = \"1s\"\nkeep_alive_timeout = \"60s\"",
-    ))
-    .await;
+    let (up, gw) = gateway_with("header_read_timeout = \"1s\"\nkeep_alive_timeout = \"60s\"").await;
     // Connects and sends nothing.
     let mut silent = TcpStream::connect(gw.addr).await.unwrap();
     // Sends three bytes (not even enough to tell HTTP/1.1 from HTTP/2).
@@ -714,12 +723,8 @@ async fn silent_and_slow_heads_are_cut_by_the_header_read_timeout() {
 
 #[tokio::test]
 async fn idle_http2_connections_close_despite_keep_alive_pings() {
-    let up = FakeUpstream::start().await;
-    let gw = Harness::start(&server_settings(
-        config(&up.url(), ""),
-        "header_read_timeout = \"60s\"\nkeep_alive_timeout = \"1s\"",
-    ))
-    .await;
+    let (_up, gw) =
+        gateway_with("header_read_timeout = \"60s\"\nkeep_alive_timeout = \"1s\"").await;
     let h2 = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -796,12 +801,7 @@ async fn h2c_prior_knowledge_is_served_and_get_bodies_refused() {
 /// stops inside `PRI` is cut by the head timeout.
 #[tokio::test]
 async fn the_protocol_is_chosen_from_the_first_bytes_however_they_arrive() {
-    let up = FakeUpstream::start().await;
-    let gw = Harness::start(&server_settings(
-        config(&up.url(), ""),
-        "header_read_timeout = \"1s\"",
-    ))
-    .await;
+    let (up, gw) = gateway_with("header_read_timeout = \"1s\"").await;
     // The preface in pieces, then an empty SETTINGS frame.
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     for piece in [&b"P"[..], b"R", b"I", b" * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
@@ -850,12 +850,7 @@ async fn in_flight_cap_answers_503_at_once() {
         "timeout = \"8s\"\nconnect_timeout",
     );
     let gw = Harness::start(&server_settings(text, "max_connections = 2")).await;
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let r = h2.get(gw.url("/nowhere")).send().await.unwrap();
-    assert_eq!(r.status(), 401); // connection established
+    let h2 = h2c_connected(&gw).await;
     up.set_delay(Duration::from_secs(4));
     let t = Instant::now();
     let reqs: Vec<_> = (0..10)
@@ -899,22 +894,10 @@ async fn in_flight_cap_answers_503_at_once() {
 /// both slots for concurrent streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http1_connection_holds_no_in_flight_slot() {
-    let up = FakeUpstream::start().await;
-    let gw = Harness::start(&server_settings(
-        config(&up.url(), ""),
-        "max_connections = 2",
-    ))
-    .await;
-    let mut idle = TcpStream::connect(gw.addr).await.unwrap();
-    idle.write_all(request_401()).await.unwrap();
-    assert_eq!(read_response(&mut idle).await, 401);
+    let (up, gw) = gateway_with("max_connections = 2").await;
+    let mut idle = served_connection(gw.addr).await;
     // `idle` stays open and idle from here.
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let r = h2.get(gw.url("/nowhere")).send().await.unwrap();
-    assert_eq!(r.status(), 401); // connection established
+    let h2 = h2c_connected(&gw).await;
     up.set_delay(Duration::from_millis(500));
     let reqs: Vec<_> = (0..2)
         .map(|_| {
