@@ -10,9 +10,9 @@
 //! besides it, once a round (the writer is woken early only when a queue passes [`WAKE_AT`]).
 //! Each queue is bounded in bytes ([`MAX_QUEUED_BYTES`]): when the sink is slower than the
 //! traffic, lines are dropped and counted (`gateway_log_dropped_total`) instead of growing
-//! memory or slowing requests. Lines of one thread keep their order; lines of different
-//! threads are interleaved a batch (a few milliseconds) at a time, so timestamps are ordered
-//! within a thread's batch, not across threads. Only values from a closed set or the config
+//! memory or slowing requests. The writer merges the threads' lines by timestamp (the fixed
+//! width RFC 3339 text compares as the time), holding lines stamped after its round began for
+//! the next round, so a request made after another's answer is always logged after it. Only values from a closed set or the config
 //! reach a line: the method is a standard one or `OTHER`, names are config names, the request
 //! id is checked.
 //! Whether lines are written at all follows the tracing filter (`RUST_LOG`) for the target.
@@ -156,21 +156,37 @@ fn ip_text() -> IpText {
     })
 }
 
-fn encode(buf: &mut Vec<u8>, l: &Line<'_>, clock: &mut SecondsText, ip: &mut IpText) {
-    let mut num = itoa::Buffer::new();
-    buf.extend_from_slice(b"{\"timestamp\":\"");
-    // RFC 3339 with microseconds, as the tracing JSON formatter writes it.
-    let since = l
-        .time
+/// How every line starts; the timestamp follows, [`TIMESTAMP_LEN`] bytes of fixed width, so
+/// comparing those bytes compares the times.
+const LINE_START: &[u8] = b"{\"timestamp\":\"";
+const TIMESTAMP_LEN: usize = "2026-01-01T00:00:00.000000Z".len();
+
+/// RFC 3339 with microseconds, as the tracing JSON formatter writes it.
+fn timestamp(buf: &mut Vec<u8>, time: SystemTime, clock: &mut SecondsText) {
+    let since = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     buf.extend_from_slice(clock.of(since.as_secs()));
-    let micros = since.subsec_micros();
+    let mut num = itoa::Buffer::new();
+    let digits = num.format(since.subsec_micros()).as_bytes();
     buf.push(b'.');
-    let digits = num.format(micros).as_bytes();
     buf.extend(std::iter::repeat_n(b'0', 6 - digits.len()));
     buf.extend_from_slice(digits);
-    buf.extend_from_slice(b"Z\",\"level\":\"INFO\",\"target\":\"gcore_gateway::access\"");
+    buf.push(b'Z');
+}
+
+/// The timestamp of an encoded line (empty for anything else, which then sorts first).
+fn time_of(line: &[u8]) -> &[u8] {
+    line.strip_prefix(LINE_START)
+        .and_then(|rest| rest.get(..TIMESTAMP_LEN))
+        .unwrap_or(&[])
+}
+
+fn encode(buf: &mut Vec<u8>, l: &Line<'_>, clock: &mut SecondsText, ip: &mut IpText) {
+    let mut num = itoa::Buffer::new();
+    buf.extend_from_slice(LINE_START);
+    timestamp(buf, l.time, clock);
+    buf.extend_from_slice(b"\",\"level\":\"INFO\",\"target\":\"gcore_gateway::access\"");
     buf.extend_from_slice(b",\"request_id\":");
     string(buf, l.request_id);
     buf.extend_from_slice(b",\"client\":");
@@ -233,14 +249,17 @@ impl Shard {
         buf.len() >= WAKE_AT && buf.len() - n < WAKE_AT
     }
 
-    /// Swaps the queued lines into `spare` (emptied before): they are the caller's to write.
-    /// `writing` is set to their length before the queue's lock is let go, so the bytes are
-    /// never counted nowhere ([`Sink::queued`] reads the queues, then `writing`).
-    fn take(&self, spare: &mut Vec<u8>, writing: &AtomicUsize) {
+    /// Moves the queued lines to the end of `taken`. `writing` is set to all the writer holds
+    /// before the queue's lock is let go, so the bytes are never counted nowhere
+    /// ([`Sink::queued`] reads the queues, then `writing`).
+    fn take(&self, taken: &mut Vec<u8>, spare: &mut Vec<u8>, writing: &AtomicUsize) {
         spare.clear();
-        let mut buf = self.buf.lock();
-        std::mem::swap(&mut *buf, spare);
-        writing.store(spare.len(), Ordering::Release);
+        {
+            let mut buf = self.buf.lock();
+            std::mem::swap(&mut *buf, spare);
+            writing.store(taken.len() + spare.len(), Ordering::Release);
+        }
+        taken.extend_from_slice(spare);
     }
 
     fn len(&self) -> usize {
@@ -278,26 +297,52 @@ impl Sink {
         }
     }
 
-    /// Takes every queue's lines in turn and writes them (one batch per queue); returns how
+    /// One writer round: takes every queue's lines and writes them merged in timestamp order
+    /// (each queue is one thread's lines in order; merged, sequential requests keep their
+    /// order whichever threads served them). Lines stamped after `cutoff` (the round's start)
+    /// wait for the next round, where they are written whatever their time: a line stamped
+    /// before another request started was queued before that request's line could be due, so
+    /// the two are written in one round, in order, or in order across rounds. Returns how
     /// many bytes were written. Queues of threads that are gone are forgotten once empty.
-    fn drain(&self, spare: &mut Vec<u8>, out: &mut impl Write) -> usize {
+    fn drain(&self, round: &mut Round, cutoff: &[u8], out: &mut impl Write) -> usize {
         let shards: Vec<Arc<Shard>> = {
             let mut shards = self.shards.lock();
             shards.retain(|s| Arc::strong_count(s) > 1 || s.len() > 0);
             shards.clone()
         };
-        let mut wrote = 0;
+        // Last round's held lines come first, and are all due now.
+        let held_len = round.held.len();
+        round.taken.clear();
+        round.taken.append(&mut round.held);
         for shard in shards {
-            shard.take(spare, &self.writing);
-            let n = spare.len();
-            if n > 0 {
-                // A failed write (stderr closed) loses these lines; the bound still holds.
-                let _ = out.write_all(spare);
-                let _ = out.flush();
-                wrote += n;
-            }
-            self.writing.store(0, Ordering::Release);
+            shard.take(&mut round.taken, &mut round.spare, &self.writing);
         }
+        let taken = &round.taken;
+        let mut due: Vec<(&[u8], std::ops::Range<usize>)> = Vec::new();
+        let mut at = 0;
+        for line in taken.split_inclusive(|b| *b == b'\n') {
+            let range = at..at + line.len();
+            at = range.end;
+            let time = time_of(line);
+            if range.start < held_len || time <= cutoff {
+                due.push((time, range));
+            } else {
+                round.held.extend_from_slice(line);
+            }
+        }
+        // Stable: lines of equal time keep their queue's order.
+        due.sort_by(|a, b| a.0.cmp(b.0));
+        round.batch.clear();
+        for (_, range) in &due {
+            round.batch.extend_from_slice(&taken[range.clone()]);
+        }
+        let wrote = round.batch.len();
+        if wrote > 0 {
+            // A failed write (stderr closed) loses these lines; the bound still holds.
+            let _ = out.write_all(&round.batch);
+            let _ = out.flush();
+        }
+        self.writing.store(round.held.len(), Ordering::Release);
         wrote
     }
 
@@ -329,13 +374,26 @@ fn sink() -> &'static Sink {
     })
 }
 
-/// Writes the queued lines in batches, one `write(2)` per queue and round.
+/// What the writer keeps from round to round: lines held for the next one, and buffers.
+#[derive(Default)]
+struct Round {
+    held: Vec<u8>,
+    taken: Vec<u8>,
+    spare: Vec<u8>,
+    batch: Vec<u8>,
+}
+
+/// Writes the queued lines in batches, one `write(2)` per round, in timestamp order.
 fn writer(sink: &'static Sink, out: impl Write) {
     let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
-    let mut spare = Vec::with_capacity(64 << 10);
+    let mut round = Round::default();
+    let (mut clock, mut cutoff) = (seconds_text(), Vec::with_capacity(TIMESTAMP_LEN));
     loop {
-        let wrote = sink.drain(&mut spare, &mut out);
-        std::thread::park_timeout(if wrote > 0 { BUSY_ROUND } else { IDLE_ROUND });
+        cutoff.clear();
+        timestamp(&mut cutoff, SystemTime::now(), &mut clock);
+        let wrote = sink.drain(&mut round, &cutoff, &mut out);
+        let busy = wrote > 0 || !round.held.is_empty();
+        std::thread::park_timeout(if busy { BUSY_ROUND } else { IDLE_ROUND });
     }
 }
 
@@ -444,6 +502,58 @@ mod tests {
         );
     }
 
+    /// A cutoff after every timestamp (and lines without one).
+    const LATER: &[u8] = b"9999";
+
+    #[test]
+    fn lines_of_all_threads_are_written_in_time_order_and_late_ones_wait_a_round() {
+        let sink = Sink::new();
+        let (a, b) = (sink.register(), sink.register());
+        let at = |micros: u64| {
+            let l = Line {
+                time: SystemTime::UNIX_EPOCH
+                    + Duration::from_micros(1_700_000_000_000_000 + micros),
+                ..line()
+            };
+            encoded(&l, l.time)
+        };
+        // Two threads' queues, each in its own order, interleaved in time.
+        for m in [1, 4, 5, 9] {
+            a.push(&at(m));
+        }
+        for m in [2, 3, 6, 10] {
+            b.push(&at(m));
+        }
+        let mut cutoff = Vec::new();
+        timestamp(
+            &mut cutoff,
+            SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_000_000 + 8),
+            &mut seconds_text(),
+        );
+        let times = |out: &[u8]| -> Vec<String> {
+            out.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| String::from_utf8(time_of(l).to_vec()).unwrap())
+                .collect()
+        };
+        let (mut round, mut out) = (Round::default(), Vec::new());
+        sink.drain(&mut round, &cutoff, &mut out);
+        let first = times(&out);
+        assert_eq!(first.len(), 6, "the lines up to the cutoff: {first:?}");
+        assert!(first.windows(2).all(|w| w[0] < w[1]), "{first:?}");
+        assert_eq!(sink.queued(), round.held.len());
+        assert!(sink.queued() > 0, "9 and 10 wait");
+        // A line queued now, stamped before the held ones, is written with them, in order.
+        a.push(&at(7));
+        out.clear();
+        sink.drain(&mut round, &cutoff, &mut out);
+        let second = times(&out);
+        assert_eq!(second.len(), 3, "{second:?}");
+        assert!(second.windows(2).all(|w| w[0] < w[1]), "{second:?}");
+        assert!(first.last() < second.first());
+        assert_eq!(sink.queued(), 0);
+    }
+
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_growing() {
         let sink = Sink::new();
@@ -459,7 +569,7 @@ mod tests {
         assert!(DROPPED.get() - before >= 100);
         // A writer round empties it and gives the bytes back.
         let mut out = Vec::new();
-        let wrote = sink.drain(&mut Vec::new(), &mut out);
+        let wrote = sink.drain(&mut Round::default(), LATER, &mut out);
         assert_eq!(wrote, out.len());
         assert_eq!(sink.queued(), 0);
         shard.push(&line);
@@ -481,15 +591,15 @@ mod tests {
             })
             .collect();
         let mut out = Vec::new();
-        let mut spare = Vec::new();
+        let mut round = Round::default();
         for t in threads {
-            sink.drain(&mut spare, &mut out);
+            sink.drain(&mut round, LATER, &mut out);
             t.join().unwrap();
         }
-        sink.drain(&mut spare, &mut out);
+        sink.drain(&mut round, LATER, &mut out);
         assert_eq!(sink.queued(), 0);
         // A round with nothing to write forgets the queues of the finished threads.
-        assert_eq!(sink.drain(&mut spare, &mut out), 0);
+        assert_eq!(sink.drain(&mut round, LATER, &mut out), 0);
         let text = String::from_utf8(out).unwrap();
         let mut next = [0u32; 4];
         for l in text.lines() {
