@@ -19,7 +19,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-pub(crate) use generation::AccountState;
+pub(crate) use generation::{AccountState, ClientState};
 pub use generation::{BuildError, Generation};
 
 use crate::cache::CacheStore;

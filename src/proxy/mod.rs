@@ -34,7 +34,7 @@ use crate::auth::{self, Credential};
 use crate::cache::{CacheKey, CacheStatus, Entry, Lookup, Origin};
 use crate::config::{Client, KeyRef};
 use crate::error::GatewayError;
-use crate::gateway::{Gateway, Generation};
+use crate::gateway::{ClientState, Gateway, Generation};
 use crate::metrics::{ClientLabel, ReasonLabel, RequestLabels};
 use crate::rate_limit::RateLimitInfo;
 use crate::redact::RedactError;
@@ -212,8 +212,7 @@ async fn pipeline<B>(ctx: &mut Ctx<'_>, req: &Request<B>) -> Result<Response<Byt
     // 4a. this thread's own copy of a fresh answer (no shared cache line written)
     if let Some(hot) = ctx.gw.cache.hot(epoch, key, profile, now, route.ttl) {
         ctx.cache = Some(CacheStatus::Hit);
-        state.usage.hits.fetch_add(1, Ordering::Relaxed);
-        state.calls_avoided.inc();
+        count_answer(state, CacheStatus::Hit, false);
         return Ok(respond::served(
             req,
             hot.fetched_at,
@@ -258,24 +257,10 @@ async fn pipeline<B>(ctx: &mut Ctx<'_>, req: &Request<B>) -> Result<Response<Byt
         }
     };
     ctx.cache = Some(status);
-    // Calls caused are counted by the fetch itself (per upstream attempt); a request answered
-    // without an upstream call of its own is a call avoided.
-    let avoided = match status {
-        CacheStatus::Miss => {
-            if let Origin::Upstream(took) = entry.origin {
-                ctx.upstream = Some(took);
-            }
-            joined
-        }
-        CacheStatus::Hit | CacheStatus::SharedHit => {
-            state.usage.hits.fetch_add(1, Ordering::Relaxed);
-            true
-        }
-        CacheStatus::Stale => true,
-    };
-    if avoided {
-        state.calls_avoided.inc();
+    if let (CacheStatus::Miss, Origin::Upstream(took)) = (status, entry.origin) {
+        ctx.upstream = Some(took);
     }
+    count_answer(state, status, joined);
 
     // 5. redact
     let rendered = entry.body_for(profile).map_err(|e| {
@@ -309,6 +294,23 @@ async fn pipeline<B>(ctx: &mut Ctx<'_>, req: &Request<B>) -> Result<Response<Byt
         route.ttl.as_secs(),
         now,
     ))
+}
+
+/// Counts how a request was answered, for the client: a hit, and a call avoided when it made
+/// no upstream call of its own (`joined`: it waited for a fetch another request started).
+/// Calls caused are counted by the fetch itself, per upstream attempt.
+fn count_answer(state: &ClientState, status: CacheStatus, joined: bool) {
+    let avoided = match status {
+        CacheStatus::Miss => joined,
+        CacheStatus::Hit | CacheStatus::SharedHit => {
+            state.usage.hits.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        CacheStatus::Stale => true,
+    };
+    if avoided {
+        state.calls_avoided.inc();
+    }
 }
 
 /// A miss: joins or starts the fill of the key and waits for it until the request's deadline;
